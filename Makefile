@@ -1,0 +1,79 @@
+# The two commands: `make deploy` and `make test`. Every other target is a
+# step of theirs, runnable on its own. Each installs what it needs first.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+LAB_STATE := $(CURDIR)/.lab
+LAB_IMAGE := localhost/pdsno-lab-debian12:latest
+LAB_INVENTORY ?= inventories/lab
+# Scenarios to test; `make molecule SCENARIOS=base` runs one.
+SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+APT_PACKAGES := podman runc debootstrap openssh-client python3-venv
+
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PY_COLORS := 1
+
+.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deploy: lab-up ## Bring up the lab, deploy site.yml to it, then verify it
+	ansible-playbook -i $(LAB_INVENTORY) site.yml
+	@if [ -f playbooks/verify.yml ]; then ansible-playbook -i $(LAB_INVENTORY) playbooks/verify.yml; fi
+	@echo "Run reports (per host: ok, changed, failed) are in $(CURDIR)/reports/"
+
+test: lint pytest molecule ## Everything a release must pass: lint, pytest, every molecule scenario
+
+deps: $(LAB_STATE)/apt.stamp $(VENV)/.installed ## Install the apt packages and the Python tools
+
+$(LAB_STATE)/apt.stamp: Makefile
+	@mkdir -p $(LAB_STATE)
+	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  echo "apt packages present: $(APT_PACKAGES)"; \
+	else \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+$(VENV)/.installed: requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt -e .
+	@touch $@
+
+lab-image: deps ## Build the lab's Debian 12 image (cached) and detect the podman settings
+	lab/build-image.sh
+	lab/containers-conf.sh $(LAB_IMAGE) $(LAB_STATE)/containers.conf
+
+lab-up: lab-image ## Start the lab hosts of LAB_INVENTORY
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
+
+lab-down: ## Remove the lab's containers and network, nothing else
+	@if [ ! -f $(LAB_STATE)/containers.conf ]; then echo "no lab on this machine"; exit 0; fi; \
+	$(MAKE) --no-print-directory deps && ansible-playbook -i $(LAB_INVENTORY) playbooks/lab_down.yml
+
+lint: deps ## ruff, yamllint, ansible-lint (production profile)
+	ruff check .
+	ruff format --check .
+	yamllint --strict .
+	ansible-lint --profile production
+
+pytest: deps ## The pytest suite (package and plugins); an empty suite fails
+	@rc=0; pytest || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no test: that is a failure" >&2; fi; \
+	exit $$rc
+
+molecule: lab-image ## Every molecule scenario, one after the other
+	@for scenario in $(SCENARIOS); do \
+	  echo "=== molecule test -s $$scenario"; \
+	  start=$$(date +%s); \
+	  molecule test -s $$scenario; \
+	  echo "=== $$scenario passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+clean: lab-down ## Remove the lab, the virtualenv and the caches (the image stays)
+	rm -rf $(VENV) $(LAB_STATE) .cache reports .pytest_cache .ruff_cache
