@@ -47,7 +47,9 @@ def test_journal_is_persistent_and_capped(host):
     assert conf.contains("^SystemMaxUse=500M$")
     machine_id = host.file("/etc/machine-id").content_string.strip()
     assert host.file(f"/var/log/journal/{machine_id}").is_directory
-    effective = host.run("journalctl --header --file /var/log/journal/%s/system.journal", machine_id)
+    effective = host.run(
+        "journalctl --header --file /var/log/journal/%s/system.journal", machine_id
+    )
     assert effective.rc == 0, effective.stderr
 
 
@@ -59,9 +61,7 @@ def test_core_dumps_are_off(host):
     assert host.run("systemctl show --property DefaultLimitCORE").stdout.strip() == (
         "DefaultLimitCORE=0"
     )
-    assert host.file("/etc/security/limits.d/90-pdsno-coredump.conf").contains(
-        r"^\* hard core 0$"
-    )
+    assert host.file("/etc/security/limits.d/90-pdsno-coredump.conf").contains(r"^\* hard core 0$")
 
 
 def test_timesyncd_is_configured_and_enabled(host):

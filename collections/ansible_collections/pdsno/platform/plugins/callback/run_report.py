@@ -79,7 +79,15 @@ class CallbackModule(CallbackBase):
         hosts = {
             host: {
                 key: summary[key]
-                for key in ("ok", "changed", "failures", "unreachable", "skipped", "rescued", "ignored")
+                for key in (
+                    "ok",
+                    "changed",
+                    "failures",
+                    "unreachable",
+                    "skipped",
+                    "rescued",
+                    "ignored",
+                )
                 if key in summary
             }
             for host in sorted(stats.processed)
