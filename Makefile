@@ -62,7 +62,7 @@ lint: deps ## ruff, yamllint, ansible-lint (production profile)
 	yamllint --strict .
 	ansible-lint --profile production
 
-pytest: deps ## The pytest suite (package and plugins); an empty suite fails
+pytest: lab-image ## The pytest suite (package, plugins, lab lifecycle); an empty suite fails
 	@rc=0; pytest || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no test: that is a failure" >&2; fi; \
 	exit $$rc
