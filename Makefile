@@ -10,7 +10,8 @@ LAB_IMAGE := localhost/pdsno-lab-debian12:latest
 LAB_INVENTORY ?= inventories/lab
 # Scenarios to test; `make molecule SCENARIOS=base` runs one.
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-APT_PACKAGES := podman runc debootstrap openssh-client python3-venv
+# netavark and aardvark-dns: podman's network backend, with DNS between lab hosts.
+APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client python3-venv
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg

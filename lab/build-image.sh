@@ -84,7 +84,7 @@ rm -f "$rootfs/var/lib/dbus/machine-id"
   echo "deb $mirror bookworm-updates main"
   if [ -n "$security_mirror" ]; then echo "deb $security_mirror bookworm-security main"; fi
 } >"$rootfs/etc/apt/sources.list"
-in_root 'apt-get update -q >/dev/null && apt-get clean'
+in_root 'apt-get -o APT::Sandbox::User=root update -q >/dev/null && apt-get clean'
 
 tar --one-file-system -C "$rootfs" -c . | podman import \
   --change 'CMD ["/sbin/init"]' \
