@@ -15,7 +15,6 @@ APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client pyt
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-export PY_COLORS := 1
 
 .PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean
 
@@ -27,7 +26,8 @@ deploy: lab-up ## Bring up the lab, deploy site.yml to it, then verify it
 	@if [ -f playbooks/verify.yml ]; then ansible-playbook -i $(LAB_INVENTORY) playbooks/verify.yml; fi
 	@echo "Run reports (per host: ok, changed, failed) are in $(CURDIR)/reports/"
 
-test: lint pytest molecule ## Everything a release must pass: lint, pytest, every molecule scenario
+test: lab-image ## Everything a release must pass: lint, pytest, every molecule scenario
+	tools/test-all.sh
 
 deps: $(LAB_STATE)/apt.stamp $(VENV)/.installed ## Install the apt packages and the Python tools
 
@@ -68,13 +68,8 @@ pytest: lab-image ## The pytest suite (package, plugins, lab lifecycle); an empt
 	if [ $$rc -eq 5 ]; then echo "pytest collected no test: that is a failure" >&2; fi; \
 	exit $$rc
 
-molecule: lab-image ## Every molecule scenario, one after the other
-	@for scenario in $(SCENARIOS); do \
-	  echo "=== molecule test -s $$scenario"; \
-	  start=$$(date +%s); \
-	  molecule test -s $$scenario; \
-	  echo "=== $$scenario passed in $$(( $$(date +%s) - start )) s"; \
-	done
+molecule: lab-image ## Every molecule scenario, one after the other (SCENARIOS=base picks)
+	@for scenario in $(SCENARIOS); do molecule test -s $$scenario; done
 
 clean: lab-down ## Remove the lab, the virtualenv and the caches (the image stays)
 	rm -rf $(VENV) $(LAB_STATE) .cache reports .pytest_cache .ruff_cache
