@@ -42,3 +42,20 @@ def run_ansible(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str
         )
 
     return run
+
+
+@pytest.fixture(params=["sqlite"])
+def nib_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty NIB database URL, once per backend."""
+    return f"sqlite:///{tmp_path / 'nib.db'}"
+
+
+@pytest.fixture
+def nib_engine(nib_url: str):
+    """An engine on a fresh NIB with the schema at head."""
+    from pdsno.nib.engine import create_nib_engine, upgrade
+
+    engine = create_nib_engine(nib_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()

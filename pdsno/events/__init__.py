@@ -1,0 +1,1 @@
+"""Events over MQTT, through the NIB's outbox."""

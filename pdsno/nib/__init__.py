@@ -1,0 +1,1 @@
+"""The Network Information Base: PDSNO's shared state in PostgreSQL (or SQLite)."""

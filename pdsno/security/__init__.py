@@ -1,0 +1,1 @@
+"""Keys, signatures, hashes: the cryptography PDSNO relies on."""
