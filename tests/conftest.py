@@ -11,6 +11,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Real PostgreSQL and Mosquitto servers (tests/services.py).
+pytest_plugins = ["services"]
+
 
 @pytest.fixture
 def repo_root() -> Path:
@@ -44,9 +47,12 @@ def run_ansible(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str
     return run
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def nib_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty NIB database URL, once per backend."""
+    if request.param == "postgresql":
+        # Requested lazily, so that SQLite-only runs never start PostgreSQL.
+        return request.getfixturevalue("postgres_server").create_database()
     return f"sqlite:///{tmp_path / 'nib.db'}"
 
 

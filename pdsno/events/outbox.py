@@ -52,6 +52,7 @@ def enqueue(
     conn.execute(
         outbox.insert().values(
             event_id=payload["event_id"],
+            sender_id=sender_id,
             topic=topic_for(event_type, region),
             payload=payload,
             created_at=utcnow(),

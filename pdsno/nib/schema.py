@@ -135,7 +135,7 @@ config_proposals = Table(
     Column("sensitivity_local", String(8), nullable=False),
     Column("sensitivity_regional", String(8)),
     Column("sensitivity", String(8), nullable=False),
-    Column("status", String(16), nullable=False, index=True),
+    Column("status", String(24), nullable=False, index=True),
     Column("decided_by", String(128)),
     Column("decision_reason", Text),
     Column("created_at", UTC_TIME, nullable=False),
@@ -244,12 +244,14 @@ outbox = Table(
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("event_id", String(36), nullable=False, unique=True),
+    # Controllers share the NIB: each publishes only the events it wrote.
+    Column("sender_id", String(64), nullable=False),
     Column("topic", String(255), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("created_at", UTC_TIME, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("sent_at", UTC_TIME),
-    Index("ix_outbox_pending", "sent_at", "seq"),
+    Index("ix_outbox_pending", "sender_id", "sent_at", "seq"),
     **NEVER_REUSED,
 )
 

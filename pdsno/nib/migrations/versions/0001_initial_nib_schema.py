@@ -166,6 +166,7 @@ def upgrade() -> None:
         "outbox",
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("sender_id", sa.String(length=64), nullable=False),
         sa.Column("topic", sa.String(length=255), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -176,7 +177,7 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.create_index("ix_outbox_pending", ["sent_at", "seq"], unique=False)
+        batch_op.create_index("ix_outbox_pending", ["sender_id", "sent_at", "seq"], unique=False)
 
     op.create_table(
         "challenges",
@@ -208,7 +209,7 @@ def upgrade() -> None:
         sa.Column("sensitivity_local", sa.String(length=8), nullable=False),
         sa.Column("sensitivity_regional", sa.String(length=8), nullable=True),
         sa.Column("sensitivity", sa.String(length=8), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=24), nullable=False),
         sa.Column("decided_by", sa.String(length=128), nullable=True),
         sa.Column("decision_reason", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,66 @@
+"""The FastAPI application of one controller."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from pdsno import __version__
+from pdsno.api.models import ErrorOut, HealthOut
+from pdsno.api.routes import devices, hierarchy, proposals, registry
+from pdsno.clock import utcnow
+from pdsno.context import ControllerContext
+from pdsno.errors import ConfigurationError, PdsnoError
+
+ERROR_RESPONSES = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 422, 503)}
+
+
+def create_app(ctx: ControllerContext, *, docs_enabled: bool = False) -> FastAPI:
+    app = FastAPI(
+        title="PDSNO controller",
+        version=__version__,
+        docs_url="/docs" if docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        responses=ERROR_RESPONSES,
+    )
+    app.state.context = ctx
+
+    api = APIRouter(prefix="/api/v1")
+    for module in (devices, proposals, registry, hierarchy):
+        api.include_router(module.router)
+    app.include_router(api)
+
+    @app.get("/health", response_model=HealthOut, tags=["health"])
+    def health() -> JSONResponse:
+        healthy = True
+        try:
+            with ctx.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError:
+            healthy = False
+        body = HealthOut(
+            status="healthy" if healthy else "unhealthy",
+            timestamp=utcnow(),
+            version=__version__,
+            controller_id=ctx.identity.controller_id,
+            controller_type=ctx.identity.controller_type,
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
+
+    @app.exception_handler(PdsnoError)
+    def pdsno_error(_: Request, error: PdsnoError) -> JSONResponse:
+        code = 503 if isinstance(error, ConfigurationError) else error.status_code
+        return JSONResponse({"detail": str(error)}, status_code=code)
+
+    @app.exception_handler(OperationalError)
+    def database_down(_: Request, error: OperationalError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the NIB database is unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    return app

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from pdsno.api.deps import Context, require
+from pdsno.api.models import DeviceIn, DeviceOut, DeviceUpdate
+from pdsno.auth.api_keys import Principal
+from pdsno.nib import devices
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.get("", response_model=list[DeviceOut])
+def list_devices(
+    ctx: Context,
+    _: Annotated[Principal, Depends(require("devices:read"))],
+    region: Annotated[str | None, Query(max_length=64)] = None,
+    device_status: Annotated[str | None, Query(alias="status", max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict]:
+    with ctx.engine.connect() as conn:
+        return devices.list_devices(
+            conn, region=region, status=device_status, limit=limit, offset=offset
+        )
+
+
+@router.post("", response_model=DeviceOut, status_code=status.HTTP_201_CREATED)
+def create_device(
+    body: DeviceIn, ctx: Context, _: Annotated[Principal, Depends(require("devices:write"))]
+) -> dict:
+    with ctx.engine.begin() as conn:
+        return devices.create(conn, **body.model_dump())
+
+
+@router.get("/{device_id}", response_model=DeviceOut)
+def get_device(
+    device_id: str, ctx: Context, _: Annotated[Principal, Depends(require("devices:read"))]
+) -> dict:
+    with ctx.engine.connect() as conn:
+        return devices.get(conn, device_id)
+
+
+@router.patch("/{device_id}", response_model=DeviceOut)
+def update_device(
+    device_id: str,
+    body: DeviceUpdate,
+    ctx: Context,
+    _: Annotated[Principal, Depends(require("devices:write"))],
+) -> dict:
+    changes = body.model_dump(exclude_unset=True, exclude={"version"})
+    with ctx.engine.begin() as conn:
+        return devices.update_device(
+            conn, device_id, expected_version=body.version, changes=changes
+        )

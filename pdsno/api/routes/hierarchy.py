@@ -1,0 +1,119 @@
+"""Endpoints controllers call on each other: joining, and signed messages.
+
+They take no API key: a join proves itself with a bootstrap token and a
+signed challenge, a message with its sender's signature.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, status
+
+from pdsno import audit
+from pdsno.api.deps import Context
+from pdsno.api.models import (
+    ChallengeIn,
+    ChallengeOut,
+    EnvelopeIn,
+    MessageOut,
+    RegisterIn,
+    RegisterOut,
+)
+from pdsno.config import ControllerType
+from pdsno.context import ControllerContext
+from pdsno.errors import PdsnoError
+from pdsno.identity import bootstrap
+from pdsno.messaging import handlers
+from pdsno.messaging.envelope import open_sealed
+
+router = APIRouter(tags=["hierarchy"])
+
+
+def _audit_refusal(ctx: ControllerContext, event_type: str, reason: str, payload: dict) -> None:
+    """Refusals are security events: record them even though the request fails."""
+    with ctx.engine.begin() as conn:
+        audit.append(
+            conn,
+            event_type,
+            actor=ctx.identity.controller_id,
+            region=payload.get("region"),
+            payload={**payload, "reason": reason},
+        )
+
+
+@router.post("/validation/challenge", response_model=ChallengeOut)
+def open_challenge(body: ChallengeIn, ctx: Context) -> dict:
+    request = bootstrap.JoinRequest(
+        token=body.token,
+        controller_type=ControllerType(body.controller_type),
+        region=body.region,
+        name=body.name,
+        public_key=body.public_key,
+        url=body.url,
+    )
+    try:
+        with ctx.engine.begin() as conn:
+            nonce, expires_at = bootstrap.open_challenge(conn, request, parent=ctx.identity)
+    except PdsnoError as error:
+        _audit_refusal(
+            ctx,
+            "validation.refused",
+            str(error),
+            {
+                "step": "challenge",
+                "name": body.name,
+                "region": body.region,
+                "controller_type": body.controller_type,
+            },
+        )
+        raise
+    return {"nonce": nonce, "expires_at": expires_at}
+
+
+@router.post(
+    "/validation/register", response_model=RegisterOut, status_code=status.HTTP_201_CREATED
+)
+def register(body: RegisterIn, ctx: Context) -> dict:
+    try:
+        with ctx.engine.begin() as conn:
+            child = bootstrap.register(
+                conn,
+                nonce=body.nonce,
+                signature=body.signature,
+                parent=ctx.identity,
+                signer=ctx.signer,
+            )
+    except PdsnoError as error:
+        _audit_refusal(ctx, "validation.refused", str(error), {"step": "register"})
+        raise
+    return {
+        "controller_id": child.controller_id,
+        "controller_type": child.controller_type,
+        "region": child.region,
+        "parent_id": child.parent_id,
+        "credential": child.credential,
+    }
+
+
+@router.post("/messages", response_model=MessageOut, status_code=status.HTTP_202_ACCEPTED)
+def receive_message(body: EnvelopeIn, ctx: Context) -> dict:
+    window = timedelta(seconds=ctx.settings.message_window_seconds)
+    try:
+        with ctx.engine.begin() as conn:
+            message = open_sealed(
+                conn, body.model_dump(), recipient_id=ctx.identity.controller_id, window=window
+            )
+    except PdsnoError as error:
+        _audit_refusal(
+            ctx,
+            "message.refused",
+            str(error),
+            {
+                "sender": body.sender,
+                "message_type": body.message_type,
+            },
+        )
+        raise
+    handlers.handle(ctx, message)
+    return {"message_type": message.message_type}

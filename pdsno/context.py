@@ -1,0 +1,26 @@
+"""Everything a running controller's request handlers need, built once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from pdsno.approval.workflow import ApprovalWorkflow
+from pdsno.clock import utcnow
+from pdsno.config import Settings
+from pdsno.identity.state import Identity
+from pdsno.messaging.dispatcher import Dispatcher
+from pdsno.security.keys import SigningKey
+
+
+@dataclass
+class ControllerContext:
+    settings: Settings
+    engine: Engine
+    identity: Identity
+    signer: SigningKey
+    workflow: ApprovalWorkflow
+    dispatcher: Dispatcher
+    started_at: datetime = field(default_factory=utcnow)

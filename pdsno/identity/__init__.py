@@ -1,0 +1,1 @@
+"""How controllers prove who they are: bootstrap tokens, challenges, credentials."""

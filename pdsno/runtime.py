@@ -1,0 +1,233 @@
+"""Starting a controller: identity, components, background work, the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+from sqlalchemy import Engine, select, update
+
+from pdsno.api.app import create_app
+from pdsno.approval.classifier import RuleClassifier
+from pdsno.approval.executor import load_executor
+from pdsno.approval.workflow import ApprovalWorkflow
+from pdsno.clock import utcnow
+from pdsno.config import ControllerType, Settings
+from pdsno.context import ControllerContext
+from pdsno.errors import ConfigurationError
+from pdsno.events.publisher import OutboxPublisher
+from pdsno.identity import bootstrap
+from pdsno.identity.state import Identity
+from pdsno.messaging.dispatcher import Dispatcher
+from pdsno.nib.engine import create_nib_engine, require_current_schema
+from pdsno.nib.schema import controllers
+from pdsno.security.keys import SigningKey
+
+log = logging.getLogger("pdsno.runtime")
+
+JOIN_ATTEMPTS = 10
+
+
+def ensure_identity(
+    settings: Settings, engine: Engine, signer: SigningKey, http: httpx.Client
+) -> Identity:
+    """The identity saved in the state directory, or a new one: self-registered
+    for the global controller, admitted by the parent for the others."""
+    identity = Identity.load(settings.identity_file)
+    if identity is not None:
+        _check_saved_identity(identity, settings, engine, signer)
+        return identity
+    if settings.controller_type is ControllerType.GLOBAL:
+        with engine.begin() as conn:
+            identity = bootstrap.register_root(
+                conn,
+                name=settings.name,
+                public_key=signer.public_key_b64,
+                url=settings.public_url,
+                signer=signer,
+            )
+    else:
+        identity = join_parent(settings, signer, http)
+    identity.save(settings.identity_file)
+    log.info("registered as %s", identity.controller_id)
+    return identity
+
+
+def _check_saved_identity(
+    identity: Identity, settings: Settings, engine: Engine, signer: SigningKey
+) -> None:
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(controllers).where(controllers.c.controller_id == identity.controller_id)
+        ).one_or_none()
+        if row is None or row.public_key != signer.public_key_b64:
+            raise ConfigurationError(
+                f"{settings.identity_file} names {identity.controller_id}, which the NIB does "
+                "not know with this key. Point db_url at the right NIB, or remove the identity "
+                "file and join again with a new bootstrap token."
+            )
+        if identity.controller_type != settings.controller_type.value:
+            raise ConfigurationError(
+                f"{settings.identity_file} is a {identity.controller_type} identity, "
+                f"but this controller is configured as {settings.controller_type.value}"
+            )
+        if row.url != settings.public_url:
+            conn.execute(
+                update(controllers)
+                .where(controllers.c.controller_id == identity.controller_id)
+                .values(url=settings.public_url, updated_at=utcnow())
+            )
+
+
+def join_parent(settings: Settings, signer: SigningKey, http: httpx.Client) -> Identity:
+    if settings.bootstrap_token is None:
+        raise ConfigurationError(
+            f"This {settings.controller_type.value} controller has not joined yet: set "
+            "PDSNO_BOOTSTRAP_TOKEN (or bootstrap_token) to a token made on the parent with "
+            f"`pdsno token create --region {settings.region} --type "
+            f"{settings.controller_type.value}`."
+        )
+    request = {
+        "token": settings.bootstrap_token.get_secret_value(),
+        "controller_type": settings.controller_type.value,
+        "region": settings.region,
+        "name": settings.name,
+        "public_key": signer.public_key_b64,
+        "url": settings.public_url,
+    }
+    challenge = _post_to_parent(http, settings, "/api/v1/validation/challenge", request)
+    claims = bootstrap.challenge_claims(
+        challenge["nonce"],
+        bootstrap.JoinRequest(
+            token="",
+            controller_type=settings.controller_type,
+            region=settings.region,
+            name=settings.name,
+            public_key=signer.public_key_b64,
+            url=settings.public_url,
+        ),
+    )
+    admitted = _post_to_parent(
+        http,
+        settings,
+        "/api/v1/validation/register",
+        {"nonce": challenge["nonce"], "signature": signer.sign(claims)},
+    )
+    return Identity(
+        controller_id=admitted["controller_id"],
+        controller_type=admitted["controller_type"],
+        region=admitted["region"],
+        parent_id=admitted["parent_id"],
+        credential=admitted["credential"],
+    )
+
+
+def _post_to_parent(http: httpx.Client, settings: Settings, path: str, body: dict) -> dict:
+    """POST, waiting for a parent that is still starting; a refusal is final."""
+    url = f"{settings.parent_url}{path}"
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        try:
+            response = http.post(url, json=body)
+        except httpx.TransportError as error:
+            if attempt == JOIN_ATTEMPTS:
+                raise ConfigurationError(f"cannot reach the parent at {url}: {error}") from None
+            time.sleep(min(10.0, 0.5 * attempt))
+            continue
+        if response.is_success:
+            return response.json()
+        detail = response.json().get("detail", response.text) if response.content else ""
+        raise ConfigurationError(
+            f"the parent at {settings.parent_url} refused this controller "
+            f"({response.status_code}): {detail}"
+        )
+    raise AssertionError("unreachable")
+
+
+class Sweeper:
+    """Expires stale proposals now and then."""
+
+    def __init__(self, workflow: ApprovalWorkflow, interval_seconds: float = 15.0) -> None:
+        self._workflow = workflow
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pdsno-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._workflow.expire_stale()
+            except Exception:  # a transient NIB outage must not end the loop
+                log.exception("expiring stale proposals failed")
+
+
+@contextmanager
+def running_controller(settings: Settings) -> Iterator[ControllerContext]:
+    """Build every component, start the background work, and stop it all on exit."""
+    engine = create_nib_engine(settings.db_url)
+    require_current_schema(engine)
+    signer = SigningKey.load(settings.key_file)
+    http = httpx.Client(timeout=settings.http_timeout_seconds)
+    identity = ensure_identity(settings, engine, signer, http)
+    dispatcher = Dispatcher(engine, sender_id=identity.controller_id, signer=signer, http=http)
+    workflow = ApprovalWorkflow(
+        engine=engine,
+        identity=identity,
+        signer=signer,
+        settings=settings.approval,
+        classifier=RuleClassifier.load(settings.approval.rules_file),
+        executor=load_executor(settings.approval.executor),
+        messenger=dispatcher,
+    )
+    publisher = (
+        OutboxPublisher(engine, settings.mqtt, client_id=identity.controller_id)
+        if settings.mqtt.enabled
+        else None
+    )
+    sweeper = Sweeper(workflow)
+    ctx = ControllerContext(settings, engine, identity, signer, workflow, dispatcher)
+    dispatcher.start()
+    sweeper.start()
+    if publisher is not None:
+        publisher.start()
+    try:
+        yield ctx
+    finally:
+        if publisher is not None:
+            publisher.stop()
+        sweeper.stop()
+        dispatcher.stop()
+        http.close()
+        engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    with running_controller(settings) as ctx:
+        log.info(
+            "%s controller %s listening on %s:%d",
+            settings.controller_type.value,
+            ctx.identity.controller_id,
+            settings.listen_host,
+            settings.listen_port,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(ctx),
+                host=settings.listen_host,
+                port=settings.listen_port,
+                log_level="info",
+                server_header=False,
+            )
+        )
+        server.run()

@@ -1,0 +1,139 @@
+"""Running real controller processes on loopback, for the hierarchy tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def pdsno(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the pdsno CLI as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "pdsno.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def pdsno_ok(*args: str, env: dict[str, str] | None = None) -> str:
+    result = pdsno(*args, env=env)
+    assert result.returncode == 0, f"pdsno {' '.join(args)}: {result.stderr}"
+    return result.stdout.strip()
+
+
+@dataclass
+class ControllerProcess:
+    name: str
+    workdir: Path
+    settings: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings['listen_port']}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        config = self.workdir / f"{self.name}.yaml"
+        config.write_text(yaml.safe_dump(self.settings))
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pdsno.cli", "controller", "run", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"{self.name} did not become healthy:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def identity(self) -> dict[str, Any]:
+        import json
+
+        return json.loads((Path(self.settings["state_dir"]) / "identity.json").read_text())
+
+
+def controller_settings(
+    workdir: Path,
+    name: str,
+    controller_type: str,
+    db_url: str,
+    *,
+    region: str | None = None,
+    parent_url: str | None = None,
+    mqtt_port: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    key_file = workdir / f"{name}.key"
+    if not key_file.exists():
+        pdsno_ok("key", "generate", "--out", str(key_file))
+    settings: dict[str, Any] = {
+        "type": controller_type,
+        "name": name,
+        "db_url": db_url,
+        "key_file": str(key_file),
+        "state_dir": str(workdir / f"{name}-state"),
+        "listen_host": "127.0.0.1",
+        "listen_port": free_port(),
+        "message_window_seconds": 60,
+        **extra,
+    }
+    if region:
+        settings["region"] = region
+    if parent_url:
+        settings["parent_url"] = parent_url
+    if mqtt_port:
+        settings["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": mqtt_port}
+    return settings
+
+
+def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
