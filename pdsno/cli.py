@@ -15,11 +15,13 @@ from sqlalchemy import Engine, select
 
 from pdsno import __version__, audit
 from pdsno.auth import api_keys
+from pdsno.clock import as_utc
 from pdsno.config import ControllerType, Settings, load_settings
 from pdsno.errors import PdsnoError
 from pdsno.identity import bootstrap
 from pdsno.nib.engine import create_nib_engine, require_current_schema, upgrade
-from pdsno.nib.schema import controllers
+from pdsno.nib.schema import api_keys as api_keys_table
+from pdsno.nib.schema import bootstrap_tokens, controllers
 from pdsno.security.keys import SigningKey
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -76,6 +78,42 @@ def cmd_token_create(args: argparse.Namespace) -> int:
             created_by=args.created_by,
         )
     print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with _engine(args).connect() as conn:
+        rows = conn.execute(select(bootstrap_tokens).order_by(bootstrap_tokens.c.created_at))
+        for row in rows:
+            print(
+                json.dumps(
+                    {
+                        "token_hash": row.token_hash[:12],
+                        "type": row.controller_type,
+                        "region": row.region,
+                        "created_by": row.created_by,
+                        "expires_at": as_utc(row.expires_at).isoformat(timespec="seconds"),
+                        "used_by": row.used_by,
+                    }
+                )
+            )
+    return 0
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    with _engine(args).connect() as conn:
+        for row in conn.execute(select(api_keys_table).order_by(api_keys_table.c.created_at)):
+            print(
+                json.dumps(
+                    {
+                        "key_id": row.key_id,
+                        "name": row.name,
+                        "role": row.role,
+                        "region": row.region,
+                        "revoked": row.revoked_at is not None,
+                    }
+                )
+            )
     return 0
 
 
@@ -178,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime such as 30m, 24h, 7d (default 24h)",
     )
     create.add_argument("--created-by", default="cli", help="who asked, for the audit trail")
+    command(token, "list", cmd_token_list, "list bootstrap tokens (hash prefixes, never tokens)")
 
     apikey = group("apikey", "API keys for operators and automation")
     create = command(apikey, "create", cmd_apikey_create, "create an API key (shown once)")
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=api_keys.ROLES)
     create.add_argument("--region", help="limit the key to one region")
+    command(apikey, "list", cmd_apikey_list, "list API keys (never the keys themselves)")
     revoke = command(apikey, "revoke", cmd_apikey_revoke, "revoke an API key")
     revoke.add_argument("key_id")
 

@@ -1,3 +1,4 @@
+import os
 import subprocess
 
 import pdsno
@@ -14,3 +15,60 @@ def test_version_is_the_installed_distribution_version():
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage: pdsno" in capsys.readouterr().out
+
+
+def test_operator_commands_against_a_fresh_nib(tmp_path):
+    db = ["--db-url", f"sqlite:///{tmp_path / 'nib.db'}"]
+
+    def pdsno(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["pdsno", *args], capture_output=True, text=True, check=False)
+
+    before = pdsno("token", "list", *db)
+    assert before.returncode == 1 and "pdsno db upgrade" in before.stderr
+    assert pdsno("db", "upgrade", *db).returncode == 0
+    assert pdsno("db", "upgrade", *db).returncode == 0, "upgrade is idempotent"
+
+    token = pdsno("token", "create", "--region", "r1", "--type", "local", "--ttl", "2h", *db)
+    assert token.returncode == 0 and token.stdout.startswith("pdsno-bt-")
+    listed = pdsno("token", "list", *db).stdout
+    assert '"region": "r1"' in listed and token.stdout.strip() not in listed
+
+    bad_ttl = pdsno("token", "create", "--region", "r1", "--type", "local", "--ttl", "soon", *db)
+    assert bad_ttl.returncode == 2 and "not a duration" in bad_ttl.stderr
+
+    key = pdsno("apikey", "create", "--name", "ops", "--role", "operator", *db).stdout.strip()
+    key_id = key.split("_")[1]
+    assert pdsno("apikey", "revoke", key_id, *db).returncode == 0
+    assert '"revoked": true' in pdsno("apikey", "list", *db).stdout
+    assert pdsno("audit", "verify", *db).stdout.startswith("audit chain intact: 3 events")
+
+
+def test_key_generate_never_overwrites(tmp_path):
+    out = tmp_path / "controller.key"
+    first = subprocess.run(
+        ["pdsno", "key", "generate", "--out", str(out)], capture_output=True, text=True, check=False
+    )
+    assert first.returncode == 0 and oct(out.stat().st_mode & 0o777) == "0o600"
+    again = subprocess.run(
+        ["pdsno", "key", "generate", "--out", str(out)], capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+
+
+def test_controller_without_key_says_what_to_set(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'nib.db'}"
+    subprocess.run(["pdsno", "db", "upgrade", "--db-url", db_url], check=True, capture_output=True)
+    result = subprocess.run(
+        ["pdsno", "controller", "run", "--type", "global", "--db-url", db_url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={
+            **__import__("os").environ,
+            "PDSNO_KEY_FILE": str(tmp_path / "missing.key"),
+            "PDSNO_STATE_DIR": str(tmp_path / "state"),
+        },
+    )
+    assert result.returncode == 1
+    assert "pdsno key generate" in result.stderr and "PDSNO_KEY_FILE" in result.stderr

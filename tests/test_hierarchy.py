@@ -324,6 +324,52 @@ def test_an_execution_token_with_a_different_config_is_refused(stack, device):
     assert "configuration differs" in response.json()["detail"]
 
 
+def test_devices_filter_and_optimistic_concurrency(stack, device):
+    client = api(stack, "lc", "operator")
+    created = client.post(
+        "/devices",
+        json={
+            "device_id": "core-9",
+            "name": "core 9",
+            "region": "region-b",
+            "status": "maintenance",
+        },
+    )
+    assert created.status_code == 201
+    assert (
+        client.post(
+            "/devices", json={"device_id": "core-9", "name": "again", "region": "region-b"}
+        ).status_code
+        == 409
+    )
+    in_b = client.get("/devices", params={"region": "region-b"}).json()
+    assert [d["device_id"] for d in in_b] == ["core-9"]
+    in_maintenance = client.get("/devices", params={"status": "maintenance"}).json()
+    assert {d["device_id"] for d in in_maintenance} == {"core-9"}
+
+    first = client.patch("/devices/core-9", json={"version": 1, "status": "active"})
+    assert first.status_code == 200 and first.json()["version"] == 2
+    stale = client.patch("/devices/core-9", json={"version": 1, "name": "lost update"})
+    assert stale.status_code == 409 and "read it again" in stale.json()["detail"]
+
+
+def test_requests_without_or_with_a_wrong_key_are_refused(stack):
+    url = f"{stack['lc'].url}/api/v1/devices"
+    assert httpx.get(url, timeout=5).status_code == 401
+    assert httpx.get(url, headers={"X-API-Key": "pdsno_0000_bad"}, timeout=5).status_code == 401
+    auditor = api(stack, "lc", "auditor")
+    refused = auditor.post("/devices", json={"device_id": "x", "name": "x", "region": "region-a"})
+    assert refused.status_code == 403 and "devices:write" in refused.json()["detail"]
+
+
+def test_bad_input_gets_a_4xx_with_a_reason(stack):
+    client = api(stack, "lc", "operator")
+    response = client.post("/devices", json={"device_id": "bad id!", "name": "", "region": "A"})
+    assert response.status_code == 422
+    assert {error["loc"][-1] for error in response.json()["detail"]} >= {"device_id", "region"}
+    assert client.get("/proposals/does-not-exist").status_code == 404
+
+
 # ---- policies, events, audit --------------------------------------------------
 
 
