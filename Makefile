@@ -11,7 +11,9 @@ LAB_INVENTORY ?= inventories/lab
 # Scenarios to test; `make molecule SCENARIOS=base` runs one.
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # netavark and aardvark-dns: podman's network backend, with DNS between lab hosts.
-APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients
+# prometheus: promtool checks the alerting rules.
+# postgresql, mosquitto: real servers for the tests; prometheus: promtool for the alert rules.
+APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg

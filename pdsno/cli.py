@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import pkgutil
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -14,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from pdsno import __version__, audit
+from pdsno import commands as commands_package
 from pdsno.auth import api_keys
 from pdsno.clock import as_utc
 from pdsno.config import ControllerType, Settings, load_settings
@@ -39,7 +42,7 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     return load_settings(args.config, db_url=args.db_url, **overrides)
 
 
-def _engine(args: argparse.Namespace, *, check_schema: bool = True) -> Engine:
+def engine_for(args: argparse.Namespace, *, check_schema: bool = True) -> Engine:
     engine = create_nib_engine(_settings(args).db_url)
     if check_schema:
         require_current_schema(engine)
@@ -54,7 +57,7 @@ def cmd_controller_run(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    revision = upgrade(_engine(args, check_schema=False))
+    revision = upgrade(engine_for(args, check_schema=False))
     print(f"NIB schema at revision {revision}")
     return 0
 
@@ -69,7 +72,7 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    with _engine(args).begin() as conn:
+    with engine_for(args).begin() as conn:
         token = bootstrap.create_token(
             conn,
             controller_type=ControllerType(args.type),
@@ -82,7 +85,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    with _engine(args).connect() as conn:
+    with engine_for(args).connect() as conn:
         rows = conn.execute(select(bootstrap_tokens).order_by(bootstrap_tokens.c.created_at))
         for row in rows:
             print(
@@ -101,7 +104,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey_list(args: argparse.Namespace) -> int:
-    with _engine(args).connect() as conn:
+    with engine_for(args).connect() as conn:
         for row in conn.execute(select(api_keys_table).order_by(api_keys_table.c.created_at)):
             print(
                 json.dumps(
@@ -118,7 +121,7 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
-    with _engine(args).begin() as conn:
+    with engine_for(args).begin() as conn:
         key = api_keys.create(conn, name=args.name, role=args.role, region=args.region)
         audit.append(
             conn,
@@ -133,7 +136,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey_revoke(args: argparse.Namespace) -> int:
-    with _engine(args).begin() as conn:
+    with engine_for(args).begin() as conn:
         api_keys.revoke(conn, args.key_id)
         audit.append(conn, "api_key.revoked", actor="cli", subject=args.key_id)
     print(f"revoked {args.key_id}")
@@ -141,7 +144,7 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    report = audit.verify(_engine(args))
+    report = audit.verify(engine_for(args))
     if report.intact:
         print(f"audit chain intact: {report.rows_checked} events")
         return 0
@@ -154,7 +157,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_controllers_list(args: argparse.Namespace) -> int:
-    with _engine(args).connect() as conn:
+    with engine_for(args).connect() as conn:
         rows = conn.execute(select(controllers).order_by(controllers.c.seq)).all()
     for row in rows:
         print(
@@ -232,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     controllers_group = group("controllers", "controllers in the NIB")
     command(controllers_group, "list", cmd_controllers_list, "list controllers as JSON lines")
+
+    # More command groups live in pdsno/commands/, one module each, with a
+    # register(group, command) function.
+    for module_info in pkgutil.iter_modules(commands_package.__path__):
+        module = importlib.import_module(f"{commands_package.__name__}.{module_info.name}")
+        module.register(group, command)
     return parser
 
 

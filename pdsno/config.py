@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pdsno.errors import ConfigurationError
@@ -31,7 +31,14 @@ class ControllerType(StrEnum):
         }[self.value]
 
 
-class MqttSettings(BaseSettings):
+class Section(BaseModel):
+    """A nested group of settings; the environment reaches it through Settings
+    (PDSNO_MQTT__PORT), never through unprefixed variables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(Section):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8883, ge=1, le=65535)
@@ -41,13 +48,71 @@ class MqttSettings(BaseSettings):
     publish_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
-class ApprovalSettings(BaseSettings):
+class ApprovalSettings(Section):
     rules_file: Path | None = None
     proposal_ttl_seconds: int = Field(default=3600, ge=60)
     execution_token_ttl_seconds: int = Field(default=600, ge=30)
     auto_approve_low: bool = True
     auto_approve_medium: bool = False
     executor: str = "nib-recorder"
+
+
+class TlsSettings(Section):
+    """HTTPS for the API, mutual TLS between controllers, TLS to the broker."""
+
+    enabled: bool = True
+    cert_file: Path = Path("/etc/pdsno/certs/controller.crt")
+    key_file: Path = Path("/etc/pdsno/certs/controller.key")
+    ca_file: Path = Path("/etc/pdsno/certs/ca.crt")
+    # The operator API may require client certificates too; the peer
+    # listener (inter-controller endpoints) always does.
+    require_client_cert_api: bool = False
+    # Plain HTTP only when TLS is off and this is set: for development.
+    allow_insecure_http: bool = False
+
+
+class AuthSettings(Section):
+    session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=8 * 3600)
+    lockout_threshold: int = Field(default=5, ge=1, le=100)
+    lockout_seconds: int = Field(default=900, ge=1)
+
+
+class LimitsSettings(Section):
+    """Rate limits, load caps and uvicorn's own limits."""
+
+    rate_per_second: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=40, ge=1)
+    login_rate_per_second: float = Field(default=0.2, gt=0)
+    login_burst: int = Field(default=5, ge=1)
+    max_tracked_clients: int = Field(default=10_000, ge=100)
+    trusted_proxies: list[str] = []
+    max_concurrent_requests: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    backlog: int = Field(default=2048, ge=16)
+    timeout_keep_alive_seconds: int = Field(default=5, ge=1)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+
+
+class HttpSettings(Section):
+    cors_allow_origins: list[str] = []
+    docs_enabled: bool = False
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    port: int = Field(default=9090, ge=1, le=65535)
+
+
+class LoggingSettings(Section):
+    # A dictConfig YAML such as the shipped pdsno/data/logging.yaml; none
+    # means JSON logs to the console at `level`.
+    config_file: Path | None = None
+    level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class SecretsSettings(Section):
+    rotation_days: int = Field(default=90, ge=1, le=3650)
 
 
 class Settings(BaseSettings):
@@ -65,6 +130,9 @@ class Settings(BaseSettings):
     state_dir: Path = Path("/var/lib/pdsno")
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8001, ge=1, le=65535)
+    # Inter-controller endpoints (joining, signed messages) listen apart,
+    # always with mutual TLS, so that a firewall can admit only controllers.
+    peer_listen_port: int = Field(default=8002, ge=1, le=65535)
     advertise_url: str | None = None
     parent_url: str | None = None
     bootstrap_token: SecretStr | None = None
@@ -72,6 +140,13 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(default=10.0, gt=0)
     mqtt: MqttSettings = MqttSettings()
     approval: ApprovalSettings = ApprovalSettings()
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
+    http: HttpSettings = HttpSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    secrets: SecretsSettings = SecretsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -84,6 +159,17 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file (passed as init values).
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> Settings:
+        if self.listen_port == self.peer_listen_port:
+            raise ValueError("listen_port and peer_listen_port must differ")
+        if not self.tls.enabled and not self.tls.allow_insecure_http:
+            raise ValueError(
+                "TLS is off: set tls.enabled true (with cert_file, key_file, ca_file), or "
+                "tls.allow_insecure_http true for development only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_hierarchy(self) -> Settings:
@@ -102,7 +188,9 @@ class Settings(BaseSettings):
 
     @property
     def public_url(self) -> str:
-        return self.advertise_url or f"http://{self.listen_host}:{self.listen_port}"
+        """Where other controllers reach this one: its peer listener."""
+        scheme = "https" if self.tls.enabled else "http"
+        return self.advertise_url or f"{scheme}://{self.listen_host}:{self.peer_listen_port}"
 
     @property
     def identity_file(self) -> Path:

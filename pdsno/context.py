@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from pdsno.approval.workflow import ApprovalWorkflow
 from pdsno.clock import utcnow
 from pdsno.config import Settings
+from pdsno.events.publisher import OutboxPublisher
 from pdsno.identity.state import Identity
 from pdsno.messaging.dispatcher import Dispatcher
 from pdsno.security.keys import SigningKey
@@ -23,4 +24,5 @@ class ControllerContext:
     signer: SigningKey
     workflow: ApprovalWorkflow
     dispatcher: Dispatcher
+    publisher: OutboxPublisher | None = None
     started_at: datetime = field(default_factory=utcnow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -196,7 +197,7 @@ def running_controller(settings: Settings) -> Iterator[ControllerContext]:
         else None
     )
     sweeper = Sweeper(workflow)
-    ctx = ControllerContext(settings, engine, identity, signer, workflow, dispatcher)
+    ctx = ControllerContext(settings, engine, identity, signer, workflow, dispatcher, publisher)
     dispatcher.start()
     sweeper.start()
     if publisher is not None:
@@ -212,22 +213,40 @@ def running_controller(settings: Settings) -> Iterator[ControllerContext]:
         engine.dispose()
 
 
+def _server(app, host: str, port: int) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
+    )
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    """Run the listeners together; when one stops (a signal), stop the others."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def run(settings: Settings) -> None:
     with running_controller(settings) as ctx:
         log.info(
-            "%s controller %s listening on %s:%d",
+            "%s controller %s: API on %s:%d, peers on %s:%d",
             settings.controller_type.value,
             ctx.identity.controller_id,
             settings.listen_host,
             settings.listen_port,
+            settings.listen_host,
+            settings.peer_listen_port,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(ctx),
-                host=settings.listen_host,
-                port=settings.listen_port,
-                log_level="info",
-                server_header=False,
-            )
-        )
-        server.run()
+        servers = [
+            _server(
+                create_app(ctx, surface="api", docs_enabled=settings.http.docs_enabled),
+                settings.listen_host,
+                settings.listen_port,
+            ),
+            _server(
+                create_app(ctx, surface="peer"), settings.listen_host, settings.peer_listen_port
+            ),
+        ]
+        asyncio.run(_serve_all(servers))

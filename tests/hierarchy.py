@@ -50,7 +50,13 @@ class ControllerProcess:
 
     @property
     def url(self) -> str:
+        """The operator API."""
         return f"http://127.0.0.1:{self.settings['listen_port']}"
+
+    @property
+    def peer_url(self) -> str:
+        """The listener other controllers call."""
+        return f"http://127.0.0.1:{self.settings['peer_listen_port']}"
 
     @property
     def log_path(self) -> Path:
@@ -117,6 +123,8 @@ def controller_settings(
         "state_dir": str(workdir / f"{name}-state"),
         "listen_host": "127.0.0.1",
         "listen_port": free_port(),
+        "peer_listen_port": free_port(),
+        "tls": {"enabled": False, "allow_insecure_http": True},
         "message_window_seconds": 60,
         **extra,
     }

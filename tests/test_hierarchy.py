@@ -49,7 +49,7 @@ def stack(request, tmp_path_factory, mosquitto_broker):
             "regional",
             db_url,
             region=REGION,
-            parent_url=gc.url,
+            parent_url=gc.peer_url,
             mqtt_port=mqtt_port,
         ),
         env={
@@ -63,7 +63,13 @@ def stack(request, tmp_path_factory, mosquitto_broker):
         "lc1",
         workdir,
         controller_settings(
-            workdir, "lc1", "local", db_url, region=REGION, parent_url=rc.url, mqtt_port=mqtt_port
+            workdir,
+            "lc1",
+            "local",
+            db_url,
+            region=REGION,
+            parent_url=rc.peer_url,
+            mqtt_port=mqtt_port,
         ),
         env={
             "PDSNO_BOOTSTRAP_TOKEN": pdsno_ok(
@@ -135,7 +141,7 @@ def test_gc_restart_keeps_its_id_and_a_new_rc_gets_a_fresh_one(stack):
         "rc2",
         workdir,
         controller_settings(
-            workdir, "rc2", "regional", stack["db_url"], region="region-b", parent_url=gc.url
+            workdir, "rc2", "regional", stack["db_url"], region="region-b", parent_url=gc.peer_url
         ),
         env={"PDSNO_BOOTSTRAP_TOKEN": token},
     )
@@ -154,7 +160,7 @@ def test_gc_restart_keeps_its_id_and_a_new_rc_gets_a_fresh_one(stack):
 def join_attempt(stack, token: str, *, region: str = REGION, sign_with: SigningKey | None = None):
     """Both steps of a join against the GC; returns the refusal detail or the new ID."""
     key = SigningKey.generate()
-    gc_api = httpx.Client(base_url=f"{stack['gc'].url}/api/v1", timeout=10)
+    gc_api = httpx.Client(base_url=f"{stack['gc'].peer_url}/api/v1", timeout=10)
     claims = {
         "controller_type": "regional",
         "region": region,
@@ -227,7 +233,7 @@ def test_a_forged_message_is_refused(stack):
         recipient_id=rc_id,
         signer=SigningKey.generate(),
     )
-    response = httpx.post(f"{stack['rc'].url}/api/v1/messages", json=envelope, timeout=10)
+    response = httpx.post(f"{stack['rc'].peer_url}/api/v1/messages", json=envelope, timeout=10)
     assert response.status_code == 403
     assert "bad signature" in response.json()["detail"]
 

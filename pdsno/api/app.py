@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from typing import Literal
+
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pdsno import __version__
+from pdsno.api import middleware, routes
 from pdsno.api.models import ErrorOut, HealthOut
-from pdsno.api.routes import devices, hierarchy, proposals, registry
 from pdsno.clock import utcnow
 from pdsno.context import ControllerContext
 from pdsno.errors import ConfigurationError, PdsnoError
@@ -17,7 +21,23 @@ from pdsno.errors import ConfigurationError, PdsnoError
 ERROR_RESPONSES = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 422, 503)}
 
 
-def create_app(ctx: ControllerContext, *, docs_enabled: bool = False) -> FastAPI:
+Surface = Literal["api", "peer"]
+
+
+def _routers(surface: Surface) -> list[APIRouter]:
+    """Every module of pdsno/api/routes with a `router` and a matching SURFACE."""
+    found = []
+    for info in pkgutil.iter_modules(routes.__path__):
+        module = importlib.import_module(f"{routes.__name__}.{info.name}")
+        if getattr(module, "SURFACE", None) == surface:
+            found.append(module.router)
+    return found
+
+
+def create_app(
+    ctx: ControllerContext, *, surface: Surface = "api", docs_enabled: bool = False
+) -> FastAPI:
+    """The app of one listener: "api" for operators, "peer" for other controllers."""
     app = FastAPI(
         title="PDSNO controller",
         version=__version__,
@@ -29,9 +49,10 @@ def create_app(ctx: ControllerContext, *, docs_enabled: bool = False) -> FastAPI
     app.state.context = ctx
 
     api = APIRouter(prefix="/api/v1")
-    for module in (devices, proposals, registry, hierarchy):
-        api.include_router(module.router)
+    for router in _routers(surface):
+        api.include_router(router)
     app.include_router(api)
+    middleware.install(app, ctx, surface=surface)
 
     @app.get("/health", response_model=HealthOut, tags=["health"])
     def health() -> JSONResponse:

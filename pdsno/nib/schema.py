@@ -263,6 +263,58 @@ api_keys = Table(
     Column("name", String(128), nullable=False),
     Column("role", String(32), nullable=False),
     Column("region", String(64)),
+    # Permissions this key is limited to, within its role's; null: all of the role's.
+    Column("scopes", JSON),
     Column("created_at", UTC_TIME, nullable=False),
     Column("revoked_at", UTC_TIME),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(36), primary_key=True),
+    Column("username", String(128), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("region", String(64)),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", UTC_TIME),
+    Column("disabled", Integer, nullable=False, default=0),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("updated_at", UTC_TIME, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    # The SHA-256 of the session token: a leaked table reveals no usable token.
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.user_id"), nullable=False, index=True),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("expires_at", UTC_TIME, nullable=False),
+    Column("revoked_at", UTC_TIME),
+)
+
+# Secrets encrypted with AES-256-GCM under a master key; the row names the
+# key version it is encrypted under, and its ID is the associated data.
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("secret_id", String(128), primary_key=True),
+    Column("key_version", Integer, nullable=False),
+    Column("nonce", String(32), nullable=False),
+    Column("ciphertext", Text, nullable=False),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("updated_at", UTC_TIME, nullable=False),
+)
+
+# Master key versions: only a fingerprint, never the key. Their age drives
+# the 90-day rotation policy.
+master_keys = Table(
+    "master_keys",
+    metadata,
+    Column("key_version", Integer, primary_key=True, autoincrement=False),
+    Column("fingerprint", String(64), nullable=False, unique=True),
+    Column("created_at", UTC_TIME, nullable=False),
+    Column("retired_at", UTC_TIME),
 )

@@ -9,6 +9,7 @@ from pdsno.api.models import DeviceIn, DeviceOut, DeviceUpdate
 from pdsno.auth.api_keys import Principal
 from pdsno.nib import devices
 
+SURFACE = "api"
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 

@@ -27,6 +27,7 @@ from pdsno.identity import bootstrap
 from pdsno.messaging import handlers
 from pdsno.messaging.envelope import open_sealed
 
+SURFACE = "peer"
 router = APIRouter(tags=["hierarchy"])
 
 

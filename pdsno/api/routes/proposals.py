@@ -8,6 +8,7 @@ from pdsno.api.deps import Context, require
 from pdsno.api.models import DecisionIn, ExecuteIn, ProposalIn, ProposalOut
 from pdsno.auth.api_keys import Principal
 
+SURFACE = "api"
 router = APIRouter(prefix="/proposals", tags=["proposals"])
 
 

@@ -14,6 +14,7 @@ from pdsno.auth.api_keys import Principal
 from pdsno.errors import NotFoundError
 from pdsno.nib.schema import controllers, events
 
+SURFACE = "api"
 router = APIRouter()
 
 
