@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from pdsno import __version__, audit
 from pdsno import commands as commands_package
 from pdsno.auth import api_keys
-from pdsno.clock import as_utc
+from pdsno.clock import as_utc, utcnow
 from pdsno.config import ControllerType, Settings, load_settings
 from pdsno.errors import PdsnoError
 from pdsno.identity import bootstrap
@@ -176,6 +176,28 @@ def cmd_controllers_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_controllers_retire(args: argparse.Namespace) -> int:
+    """Mark a controller retired: its signed messages and execution tokens are refused."""
+    with engine_for(args).begin() as conn:
+        result = conn.execute(
+            update(controllers)
+            .where(controllers.c.controller_id == args.controller_id)
+            .where(controllers.c.status == "active")
+            .values(status="retired", updated_at=utcnow(), version=controllers.c.version + 1)
+        )
+        if result.rowcount != 1:
+            raise PdsnoError(f"no active controller {args.controller_id}")
+        audit.append(
+            conn,
+            "controller.retired",
+            actor=args.actor,
+            subject=args.controller_id,
+            payload={"reason": args.reason},
+        )
+    print(f"retired {args.controller_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="controller settings file (YAML)")
@@ -235,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     controllers_group = group("controllers", "controllers in the NIB")
     command(controllers_group, "list", cmd_controllers_list, "list controllers as JSON lines")
+    retire = command(
+        controllers_group,
+        "retire",
+        cmd_controllers_retire,
+        "retire a controller (lost or compromised key): refuse its messages",
+    )
+    retire.add_argument("controller_id")
+    retire.add_argument("--reason", required=True, help="why, for the audit trail")
+    retire.add_argument("--actor", default="cli", help="who, for the audit trail")
 
     # More command groups live in pdsno/commands/, one module each, with a
     # register(group, command) function.

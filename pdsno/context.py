@@ -13,6 +13,7 @@ from pdsno.config import Settings
 from pdsno.events.publisher import OutboxPublisher
 from pdsno.identity.state import Identity
 from pdsno.messaging.dispatcher import Dispatcher
+from pdsno.nib.cache import TTLCache
 from pdsno.security.keys import SigningKey
 
 
@@ -25,4 +26,5 @@ class ControllerContext:
     workflow: ApprovalWorkflow
     dispatcher: Dispatcher
     publisher: OutboxPublisher | None = None
+    device_cache: TTLCache[dict] = field(default_factory=TTLCache)
     started_at: datetime = field(default_factory=utcnow)

@@ -1,5 +1,7 @@
 import subprocess
 
+import pytest
+
 import pdsno
 from pdsno.cli import main
 
@@ -71,3 +73,45 @@ def test_controller_without_key_says_what_to_set(tmp_path):
     )
     assert result.returncode == 1
     assert "pdsno key generate" in result.stderr and "PDSNO_KEY_FILE" in result.stderr
+
+
+def test_a_retired_controller_is_refused_as_a_message_sender(tmp_path):
+    from datetime import timedelta
+
+    from pdsno.clock import utcnow
+    from pdsno.errors import ValidationRefusedError
+    from pdsno.messaging.envelope import open_sealed, seal
+    from pdsno.nib.engine import create_nib_engine
+    from pdsno.nib.schema import controllers
+    from pdsno.security.keys import SigningKey
+
+    db_url = f"sqlite:///{tmp_path / 'nib.db'}"
+    subprocess.run(["pdsno", "db", "upgrade", "--db-url", db_url], check=True, capture_output=True)
+    engine = create_nib_engine(db_url)
+    key = SigningKey.generate()
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            controllers.insert().values(
+                controller_id="lc-r-9",
+                controller_type="local",
+                region="r",
+                name="lc",
+                public_key=key.public_key_b64,
+                status="active",
+                created_at=now,
+                updated_at=now,
+                version=1,
+            )
+        )
+    retire = subprocess.run(
+        ["pdsno", "controllers", "retire", "lc-r-9", "--reason", "key lost", "--db-url", db_url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert retire.returncode == 0, retire.stderr
+    envelope = seal("proposal.review", {}, sender_id="lc-r-9", recipient_id="rc", signer=key)
+    with pytest.raises(ValidationRefusedError, match="inactive sender"), engine.begin() as conn:
+        open_sealed(conn, envelope, recipient_id="rc", window=timedelta(seconds=60))
+    engine.dispose()

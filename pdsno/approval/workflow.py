@@ -19,6 +19,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, select, update
@@ -65,6 +66,7 @@ class ApprovalWorkflow:
         classifier: RuleClassifier,
         executor: ConfigExecutor,
         messenger: Messenger,
+        on_device_changed: Callable[[str], None] = lambda _device_id: None,
     ) -> None:
         self._engine = engine
         self._me = identity
@@ -73,6 +75,7 @@ class ApprovalWorkflow:
         self._classifier = classifier
         self._executor = executor
         self._messenger = messenger
+        self._on_device_changed = on_device_changed
 
     # ---- reading -------------------------------------------------------
     def get(self, proposal_id: str) -> dict[str, Any]:
@@ -186,6 +189,7 @@ class ApprovalWorkflow:
                 },
             )
             locks.release(conn, lock_name, proposal_id)
+        self._on_device_changed(proposal["device_id"])
         return self.get(proposal_id)
 
     def execute_delivered(self, proposal_id: str, token: dict[str, Any]) -> None:

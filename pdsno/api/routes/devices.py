@@ -40,8 +40,11 @@ def create_device(
 def get_device(
     device_id: str, ctx: Context, _: Annotated[Principal, Depends(require("devices:read"))]
 ) -> dict:
-    with ctx.engine.connect() as conn:
-        return devices.get(conn, device_id)
+    def load() -> dict:
+        with ctx.engine.connect() as conn:
+            return devices.get(conn, device_id)
+
+    return ctx.device_cache.get_or_load(device_id, load)
 
 
 @router.patch("/{device_id}", response_model=DeviceOut)
@@ -53,6 +56,8 @@ def update_device(
 ) -> dict:
     changes = body.model_dump(exclude_unset=True, exclude={"version"})
     with ctx.engine.begin() as conn:
-        return devices.update_device(
+        updated = devices.update_device(
             conn, device_id, expected_version=body.version, changes=changes
         )
+    ctx.device_cache.invalidate(device_id)
+    return updated
