@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select, update
 from pdsno import __version__, audit
 from pdsno import commands as commands_package
 from pdsno.auth import api_keys
+from pdsno.auth.permissions import PERMISSION_NAMES
 from pdsno.clock import as_utc, utcnow
 from pdsno.config import ControllerType, Settings, load_settings
 from pdsno.errors import PdsnoError
@@ -113,6 +114,7 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
                         "name": row.name,
                         "role": row.role,
                         "region": row.region,
+                        "scopes": row.scopes,
                         "revoked": row.revoked_at is not None,
                     }
                 )
@@ -122,14 +124,16 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
     with engine_for(args).begin() as conn:
-        key = api_keys.create(conn, name=args.name, role=args.role, region=args.region)
+        key = api_keys.create(
+            conn, name=args.name, role=args.role, region=args.region, scopes=args.scope
+        )
         audit.append(
             conn,
             "api_key.created",
             actor="cli",
             subject=args.name,
             region=args.region,
-            payload={"role": args.role},
+            payload={"role": args.role, "scopes": args.scope},
         )
     print(key)
     return 0
@@ -248,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=api_keys.ROLES)
     create.add_argument("--region", help="limit the key to one region")
+    create.add_argument(
+        "--scope",
+        action="append",
+        metavar="PERMISSION",
+        help="limit the key to this permission of its role (repeatable; default: all of "
+        f"the role's): {', '.join(PERMISSION_NAMES)}",
+    )
     command(apikey, "list", cmd_apikey_list, "list API keys (never the keys themselves)")
     revoke = command(apikey, "revoke", cmd_apikey_revoke, "revoke an API key")
     revoke.add_argument("key_id")

@@ -69,6 +69,8 @@ def test_controller_without_key_says_what_to_set(tmp_path):
             **__import__("os").environ,
             "PDSNO_KEY_FILE": str(tmp_path / "missing.key"),
             "PDSNO_STATE_DIR": str(tmp_path / "state"),
+            "PDSNO_TLS__ENABLED": "false",
+            "PDSNO_TLS__ALLOW_INSECURE_HTTP": "true",
         },
     )
     assert result.returncode == 1

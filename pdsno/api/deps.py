@@ -1,42 +1,135 @@
-"""FastAPI dependencies: the controller context, and who is calling."""
+"""FastAPI dependencies: the controller context, who is calling, and what they may do.
+
+Callers present either an operator session (`Authorization: Bearer <token>`,
+from POST /api/v1/auth/login) or an API key (`X-API-Key`). Every route of the
+operator API declares its permission with `require(permission)`; the route
+audit test (tests/test_route_permissions.py) fails for a route without one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Column, Table, select
 
-from pdsno.auth import api_keys
-from pdsno.auth.permissions import allowed
+from pdsno.auth import api_keys, sessions
+from pdsno.auth.principal import Principal
 from pdsno.context import ControllerContext
 from pdsno.errors import AuthenticationError, PermissionDeniedError
+from pdsno.nib.schema import config_proposals, devices
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="pdsno_<id>_<secret>")
+BEARER = HTTPBearer(
+    auto_error=False, description="an operator session token from POST /api/v1/auth/login"
+)
+
+# Path parameters that name a resource with a region: a principal bound to a
+# region is refused another region's resource before the handler runs.
+REGION_OF_PATH_PARAMETER: dict[str, tuple[Table, Column]] = {
+    "device_id": (devices, devices.c.device_id),
+    "proposal_id": (config_proposals, config_proposals.c.proposal_id),
+}
 
 
 def context(request: Request) -> ControllerContext:
     return request.app.state.context
 
 
-def require(permission: str) -> Callable[..., api_keys.Principal]:
-    """A dependency that lets through only callers whose role holds `permission`."""
+Context = Annotated[ControllerContext, Depends(context)]
 
-    def check(
-        presented: Annotated[str | None, Security(API_KEY_HEADER)],
-        ctx: Annotated[ControllerContext, Depends(context)],
-    ) -> api_keys.Principal:
-        if not presented:
-            raise AuthenticationError("missing X-API-Key header")
+
+def _unauthenticated(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": 'Bearer realm="pdsno"'},
+    )
+
+
+def authenticate(
+    request: Request,
+    presented_key: Annotated[str | None, Security(API_KEY_HEADER)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ctx: Context,
+) -> Principal:
+    """The caller, from a session or an API key; 401 without valid credentials."""
+    if presented_key and bearer is not None:
+        raise _unauthenticated("send either X-API-Key or an Authorization bearer, not both")
+    if bearer is None and request.headers.get("Authorization"):
+        raise _unauthenticated("the Authorization header must be `Bearer <session token>`")
+    if not presented_key and bearer is None:
+        raise _unauthenticated(
+            "authentication required: send Authorization: Bearer <session token> "
+            "(POST /api/v1/auth/login) or X-API-Key"
+        )
+    try:
         with ctx.engine.connect() as conn:
-            principal = api_keys.authenticate(conn, presented)
-        if not allowed(principal.role, permission):
-            raise PermissionDeniedError(f"role {principal.role} lacks the permission {permission}")
+            if bearer is not None:
+                return sessions.authenticate(conn, bearer.credentials)
+            return api_keys.authenticate(conn, presented_key or "")
+    except AuthenticationError as error:
+        raise _unauthenticated(str(error)) from None
+
+
+Authenticated = Annotated[Principal, Depends(authenticate)]
+
+
+def require(permission: str) -> Callable[..., Principal]:
+    """A dependency that lets through only callers holding `permission`.
+
+    401 without valid credentials; 403 naming the permission when the role
+    (or an API key's scopes) lacks it; 403 when a principal bound to a region
+    asks for another region, by the `region` query parameter or by a path
+    parameter naming a device or a proposal of another region.
+
+    A permission missing from pdsno.auth.permissions.PERMISSIONS is nobody's
+    (deny by default); the route audit test names such a route.
+    """
+
+    def check(request: Request, principal: Authenticated, ctx: Context) -> Principal:
+        if not principal.may(permission):
+            raise PermissionDeniedError(principal.why_not(permission))
+        if principal.region is not None:
+            _check_request_region(request, principal, ctx)
         return principal
 
     check.permission = permission  # type: ignore[attr-defined]  # read by the route audit test
     return check
 
 
-Context = Annotated[ControllerContext, Depends(context)]
+def _check_request_region(request: Request, principal: Principal, ctx: ControllerContext) -> None:
+    requested = request.query_params.get("region")
+    if requested is not None:
+        principal.check_region(requested, "the requested region")
+    lookups = [
+        (name, *REGION_OF_PATH_PARAMETER[name])
+        for name in request.path_params
+        if name in REGION_OF_PATH_PARAMETER
+    ]
+    if not lookups:
+        return
+    with ctx.engine.connect() as conn:
+        for name, table, key in lookups:
+            value = request.path_params[name]
+            region = conn.execute(select(table.c.region).where(key == value)).scalar_one_or_none()
+            # A missing resource is the handler's 404.
+            if region is not None:
+                principal.check_region(region, f"{name.removesuffix('_id')} {value}")
+
+
+def region_scope(principal: Principal, requested: str | None) -> str | None:
+    """The region filter of a list request: a bound principal's own region
+    when none is asked for; 403 for another one."""
+    if principal.region is None:
+        return requested
+    if requested is not None:
+        principal.check_region(requested, "the requested region")
+    return principal.region
+
+
+def check_region(principal: Principal, region: str | None, what: str = "this resource") -> None:
+    """403 unless `principal` may reach a resource of `region`."""
+    principal.check_region(region, what)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from pdsno.api.deps import Context, require
+from pdsno.api.deps import Context, check_region, region_scope, require
 from pdsno.api.models import DeviceIn, DeviceOut, DeviceUpdate
 from pdsno.auth.api_keys import Principal
 from pdsno.nib import devices
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 @router.get("", response_model=list[DeviceOut])
 def list_devices(
     ctx: Context,
-    _: Annotated[Principal, Depends(require("devices:read"))],
+    principal: Annotated[Principal, Depends(require("devices:read"))],
     region: Annotated[str | None, Query(max_length=64)] = None,
     device_status: Annotated[str | None, Query(alias="status", max_length=16)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -24,14 +24,21 @@ def list_devices(
 ) -> list[dict]:
     with ctx.engine.connect() as conn:
         return devices.list_devices(
-            conn, region=region, status=device_status, limit=limit, offset=offset
+            conn,
+            region=region_scope(principal, region),
+            status=device_status,
+            limit=limit,
+            offset=offset,
         )
 
 
 @router.post("", response_model=DeviceOut, status_code=status.HTTP_201_CREATED)
 def create_device(
-    body: DeviceIn, ctx: Context, _: Annotated[Principal, Depends(require("devices:write"))]
+    body: DeviceIn,
+    ctx: Context,
+    principal: Annotated[Principal, Depends(require("devices:write"))],
 ) -> dict:
+    check_region(principal, body.region, f"device {body.device_id}")
     with ctx.engine.begin() as conn:
         return devices.create(conn, **body.model_dump())
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from pdsno.api.deps import Context, require
+from pdsno.api.deps import Context, check_region, region_scope, require
 from pdsno.api.models import DecisionIn, ExecuteIn, ProposalIn, ProposalOut
 from pdsno.auth.api_keys import Principal
 
@@ -15,12 +15,14 @@ router = APIRouter(prefix="/proposals", tags=["proposals"])
 @router.get("", response_model=list[ProposalOut])
 def list_proposals(
     ctx: Context,
-    _: Annotated[Principal, Depends(require("proposals:read"))],
+    principal: Annotated[Principal, Depends(require("proposals:read"))],
     proposal_status: Annotated[str | None, Query(alias="status", max_length=32)] = None,
     region: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[dict]:
-    return ctx.workflow.list(status=proposal_status, region=region, limit=limit)
+    return ctx.workflow.list(
+        status=proposal_status, region=region_scope(principal, region), limit=limit
+    )
 
 
 @router.post("", response_model=ProposalOut, status_code=status.HTTP_202_ACCEPTED)
@@ -29,6 +31,7 @@ def submit_proposal(
     ctx: Context,
     principal: Annotated[Principal, Depends(require("proposals:submit"))],
 ) -> dict:
+    check_region(principal, ctx.identity.region, f"controller {ctx.identity.controller_id}")
     return ctx.workflow.submit(
         device_id=body.device_id, config_lines=body.config_lines, submitted_by=principal.name
     )
