@@ -58,17 +58,40 @@ class ApprovalSettings(Section):
 
 
 class TlsSettings(Section):
-    """HTTPS for the API, mutual TLS between controllers, TLS to the broker."""
+    """HTTPS for the API, mutual TLS between controllers, TLS to the broker.
+
+    See docs/tls.md. SIGHUP reloads the files without refusing a connection.
+    """
 
     enabled: bool = True
+    # This controller's certificate (chain) and key: served by both listeners
+    # and presented to other controllers (extendedKeyUsage serverAuth, clientAuth).
     cert_file: Path = Path("/etc/pdsno/certs/controller.crt")
     key_file: Path = Path("/etc/pdsno/certs/controller.key")
+    # The PDSNO CA bundle: verifies peers, their client certificates, the broker.
     ca_file: Path = Path("/etc/pdsno/certs/ca.crt")
+    # The client certificate for the MQTT broker (clientAuth); none: cert_file
+    # and key_file. The pdsno_ca role issues controller-mqtt.crt for it.
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     # The operator API may require client certificates too; the peer
     # listener (inter-controller endpoints) always does.
     require_client_cert_api: bool = False
     # Plain HTTP only when TLS is off and this is set: for development.
     allow_insecure_http: bool = False
+
+    @model_validator(mode="after")
+    def _mqtt_pair(self) -> TlsSettings:
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("set both tls.mqtt_cert_file and tls.mqtt_key_file, or neither")
+        return self
+
+    @property
+    def mqtt_cert_pair(self) -> tuple[Path, Path]:
+        """The certificate and key the MQTT client presents."""
+        if self.mqtt_cert_file is not None and self.mqtt_key_file is not None:
+            return self.mqtt_cert_file, self.mqtt_key_file
+        return self.cert_file, self.key_file
 
 
 class AuthSettings(Section):
@@ -164,6 +187,8 @@ class Settings(BaseSettings):
     def _check_listeners(self) -> Settings:
         if self.listen_port == self.peer_listen_port:
             raise ValueError("listen_port and peer_listen_port must differ")
+        if self.tls.enabled and self.advertise_url and not self.advertise_url.startswith("https:"):
+            raise ValueError("advertise_url must be https:// while TLS is on")
         if not self.tls.enabled and not self.tls.allow_insecure_http:
             raise ValueError(
                 "TLS is off: set tls.enabled true (with cert_file, key_file, ca_file), or "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -25,9 +27,11 @@ from pdsno.events.publisher import OutboxPublisher
 from pdsno.identity import bootstrap
 from pdsno.identity.state import Identity
 from pdsno.messaging.dispatcher import Dispatcher
+from pdsno.nib.cache import TTLCache
 from pdsno.nib.engine import create_nib_engine, require_current_schema
 from pdsno.nib.schema import controllers
 from pdsno.security.keys import SigningKey
+from pdsno.security.tls import ControllerTls, controller_tls
 
 log = logging.getLogger("pdsno.runtime")
 
@@ -174,14 +178,27 @@ class Sweeper:
 
 
 @contextmanager
-def running_controller(settings: Settings) -> Iterator[ControllerContext]:
-    """Build every component, start the background work, and stop it all on exit."""
+def running_controller(
+    settings: Settings, tls: ControllerTls | None = None
+) -> Iterator[ControllerContext]:
+    """Build every component, start the background work, and stop it all on exit.
+
+    `tls` holds the TLS contexts (built from settings.tls when not given); calls
+    to other controllers and to the broker go through them.
+    """
+    if tls is None and settings.tls.enabled:
+        tls = controller_tls(settings.tls)
     engine = create_nib_engine(settings.db_url)
     require_current_schema(engine)
     signer = SigningKey.load(settings.key_file)
-    http = httpx.Client(timeout=settings.http_timeout_seconds)
+    # Parent and peers: verified against the PDSNO CA, with this controller's
+    # certificate as the client certificate their peer listeners require.
+    http = httpx.Client(
+        timeout=settings.http_timeout_seconds, verify=tls.http if tls is not None else True
+    )
     identity = ensure_identity(settings, engine, signer, http)
     dispatcher = Dispatcher(engine, sender_id=identity.controller_id, signer=signer, http=http)
+    device_cache: TTLCache[dict] = TTLCache()
     workflow = ApprovalWorkflow(
         engine=engine,
         identity=identity,
@@ -190,14 +207,22 @@ def running_controller(settings: Settings) -> Iterator[ControllerContext]:
         classifier=RuleClassifier.load(settings.approval.rules_file),
         executor=load_executor(settings.approval.executor),
         messenger=dispatcher,
+        on_device_changed=device_cache.invalidate,
     )
     publisher = (
-        OutboxPublisher(engine, settings.mqtt, client_id=identity.controller_id)
+        OutboxPublisher(
+            engine,
+            settings.mqtt,
+            client_id=identity.controller_id,
+            ssl_context=tls.mqtt if tls is not None else None,
+        )
         if settings.mqtt.enabled
         else None
     )
     sweeper = Sweeper(workflow)
-    ctx = ControllerContext(settings, engine, identity, signer, workflow, dispatcher, publisher)
+    ctx = ControllerContext(
+        settings, engine, identity, signer, workflow, dispatcher, publisher, device_cache
+    )
     dispatcher.start()
     sweeper.start()
     if publisher is not None:
@@ -213,40 +238,122 @@ def running_controller(settings: Settings) -> Iterator[ControllerContext]:
         engine.dispose()
 
 
-def _server(app, host: str, port: int) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals to _serve_all.
+
+    uvicorn's own capture (Server.capture_signals, one per server) would install
+    SIGINT and SIGTERM handlers twice, and after shutdown re-raise the signal
+    with the default handler back in place: the process would die of SIGTERM
+    before the controller's components are stopped.
+    """
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(app, host: str, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Server:
+    # The context is built (and reloaded) by pdsno.security.tls, not by uvicorn.
+    factory = None if ssl_context is None else (lambda _config, _default: ssl_context)
+    return _Listener(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            server_header=False,
+            ssl_context_factory=factory,
+        )
     )
 
 
-async def _serve_all(servers: list[uvicorn.Server]) -> None:
-    """Run the listeners together; when one stops (a signal), stop the others."""
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for server in servers:
-        server.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
+def _install_signal_handlers(
+    servers: list[uvicorn.Server], on_sighup: Callable[[], object]
+) -> list[signal.Signals]:
+    """SIGINT and SIGTERM stop every listener (a second SIGINT without waiting for
+    open connections); SIGHUP calls on_sighup and the process goes on."""
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: signal.Signals) -> None:
+        log.info("%s: stopping", signum.name)
+        for server in servers:
+            if server.should_exit and signum is signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    installed = []
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop, signum)
+            installed.append(signum)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        installed.append(signal.SIGHUP)
+    except (NotImplementedError, RuntimeError, ValueError) as error:  # not the main thread
+        log.warning("Cannot handle signals here (%s): SIGHUP will not reload", error)
+    return installed
+
+
+async def _serve_all(servers: list[uvicorn.Server], on_sighup: Callable[[], object]) -> None:
+    """Run the listeners together; when one stops, stop the others.
+
+    SIGHUP calls on_sighup (the certificate reload) instead of ending the process.
+    """
+    installed = _install_signal_handlers(servers, on_sighup)
+    try:
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for signum in installed:
+            asyncio.get_running_loop().remove_signal_handler(signum)
+
+
+def _nothing_to_reload() -> None:
+    log.info("SIGHUP: TLS is off, there is no certificate to reload")
 
 
 def run(settings: Settings) -> None:
-    with running_controller(settings) as ctx:
+    tls = controller_tls(settings.tls)  # None, with a loud warning, for plain HTTP
+    with running_controller(settings, tls) as ctx:
+        scheme = "https" if tls is not None else "http"
+        if tls is None:
+            api_auth = peer_auth = "plain HTTP"
+        else:
+            api_auth = (
+                "TLS, client certificate of the CA required"
+                if settings.tls.require_client_cert_api
+                else "TLS"
+            )
+            peer_auth = "TLS, client certificate of the CA required"
         log.info(
-            "%s controller %s: API on %s:%d, peers on %s:%d",
+            "%s controller %s: API on %s://%s:%d (%s), peers on %s://%s:%d (%s)",
             settings.controller_type.value,
             ctx.identity.controller_id,
+            scheme,
             settings.listen_host,
             settings.listen_port,
+            api_auth,
+            scheme,
             settings.listen_host,
             settings.peer_listen_port,
+            peer_auth,
         )
         servers = [
             _server(
                 create_app(ctx, surface="api", docs_enabled=settings.http.docs_enabled),
                 settings.listen_host,
                 settings.listen_port,
+                tls.api if tls is not None else None,
             ),
             _server(
-                create_app(ctx, surface="peer"), settings.listen_host, settings.peer_listen_port
+                create_app(ctx, surface="peer"),
+                settings.listen_host,
+                settings.peer_listen_port,
+                tls.peer if tls is not None else None,
             ),
         ]
-        asyncio.run(_serve_all(servers))
+        asyncio.run(
+            _serve_all(servers, on_sighup=tls.reload if tls is not None else _nothing_to_reload)
+        )

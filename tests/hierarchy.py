@@ -1,10 +1,15 @@
-"""Running real controller processes on loopback, for the hierarchy tests."""
+"""Running real controller processes on loopback, for the hierarchy tests.
+
+Controllers run over real TLS: each working directory has a test CA
+(<workdir>/pki, see tlsutil.py) that issues every controller its certificate.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +19,7 @@ from typing import Any
 
 import httpx
 import yaml
+from tlsutil import CertificateAuthority, client_context
 
 
 def free_port() -> int:
@@ -49,14 +55,29 @@ class ControllerProcess:
     process: subprocess.Popen | None = None
 
     @property
+    def tls(self) -> bool:
+        return bool(self.settings.get("tls", {}).get("enabled", True))
+
+    @property
     def url(self) -> str:
         """The operator API."""
-        return f"http://127.0.0.1:{self.settings['listen_port']}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.settings['listen_port']}"
 
     @property
     def peer_url(self) -> str:
         """The listener other controllers call."""
-        return f"http://127.0.0.1:{self.settings['peer_listen_port']}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.settings['peer_listen_port']}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a test client verifies this controller's API with: the test CA."""
+        if not self.tls:
+            return True
+        if self.settings["tls"].get("require_client_cert_api"):
+            return peer_client(self.workdir, "operator")
+        return client_context(Path(self.settings["tls"]["ca_file"]))
 
     @property
     def log_path(self) -> Path:
@@ -77,7 +98,8 @@ class ControllerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.url}/health", timeout=1, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -99,6 +121,35 @@ class ControllerProcess:
         import json
 
         return json.loads((Path(self.settings["state_dir"]) / "identity.json").read_text())
+
+
+def pki(workdir: Path) -> CertificateAuthority:
+    """The test CA of a working directory."""
+    return CertificateAuthority.at(workdir / "pki")
+
+
+def issue_once(workdir: Path, name: str, **options: Any) -> tuple[Path, Path]:
+    """<workdir>/pki/<name>.crt and .key, issued by the test CA on first use."""
+    cert_file, key_file = workdir / "pki" / f"{name}.crt", workdir / "pki" / f"{name}.key"
+    if not cert_file.exists():
+        pki(workdir).issue(name, **options).write(cert_file, key_file)
+    return cert_file, key_file
+
+
+def tls_settings(workdir: Path, name: str) -> dict[str, Any]:
+    cert_file, key_file = issue_once(workdir, name)
+    return {
+        "enabled": True,
+        "cert_file": str(cert_file),
+        "key_file": str(key_file),
+        "ca_file": str(workdir / "pki" / "ca.crt"),
+    }
+
+
+def peer_client(workdir: Path, name: str = "tester") -> ssl.SSLContext:
+    """A client with a certificate of the test CA, as the peer listeners require."""
+    cert_file, key_file = issue_once(workdir, name, server=False)
+    return client_context(workdir / "pki" / "ca.crt", cert_file, key_file)
 
 
 def controller_settings(
@@ -124,7 +175,7 @@ def controller_settings(
         "listen_host": "127.0.0.1",
         "listen_port": free_port(),
         "peer_listen_port": free_port(),
-        "tls": {"enabled": False, "allow_insecure_http": True},
+        "tls": tls_settings(workdir, name),
         "message_window_seconds": 60,
         **extra,
     }

@@ -1,6 +1,8 @@
 """GC, RC and LC as three real processes on loopback, sharing one NIB.
 
-Each test module run happens once on SQLite and once on PostgreSQL.
+Each test module run happens once on SQLite and once on PostgreSQL. Every
+connection is TLS with certificates of a test CA: the API, the peer listeners
+(mutual TLS), and the MQTT broker (a client certificate required).
 """
 
 from __future__ import annotations
@@ -14,8 +16,18 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from hierarchy import ControllerProcess, controller_settings, pdsno, pdsno_ok, wait_for
+from hierarchy import (
+    ControllerProcess,
+    controller_settings,
+    issue_once,
+    pdsno,
+    pdsno_ok,
+    peer_client,
+    pki,
+    wait_for,
+)
 from sqlalchemy import create_engine, select, text, update
+from tlsutil import TlsMosquitto, client_context
 
 from pdsno.clock import as_utc
 from pdsno.nib.schema import controllers, events, execution_tokens
@@ -25,9 +37,11 @@ REGION = "region-a"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, tmp_path_factory, mosquitto_broker):
+def stack(request, tmp_path_factory):
     """A running GC, RC and LC, API keys for each role, and the NIB URL."""
     workdir: Path = tmp_path_factory.mktemp(f"hierarchy-{request.param}")
+    broker = TlsMosquitto(pki(workdir)).start()
+    request.addfinalizer(broker.stop)
     if request.param == "postgresql":
         db_url = request.getfixturevalue("postgres_server").create_database()
     else:
@@ -35,7 +49,7 @@ def stack(request, tmp_path_factory, mosquitto_broker):
     db = ["--db-url", db_url]
     pdsno_ok("db", "upgrade", *db)
 
-    mqtt_port = mosquitto_broker.port
+    mqtt_port = broker.port
     gc = ControllerProcess(
         "gc1", workdir, controller_settings(workdir, "gc1", "global", db_url, mqtt_port=mqtt_port)
     )
@@ -91,6 +105,11 @@ def stack(request, tmp_path_factory, mosquitto_broker):
         "keys": keys,
         "workdir": workdir,
         "backend": request.param,
+        "broker": broker,
+        # Test clients: the API verified against the test CA; the peer
+        # listeners also want a client certificate of that CA.
+        "tls": client_context(workdir / "pki" / "ca.crt"),
+        "peer_tls": peer_client(workdir),
     }
     for process in (lc, rc, gc):
         process.stop()
@@ -101,6 +120,7 @@ def api(stack, controller: str, role: str) -> httpx.Client:
         base_url=f"{stack[controller].url}/api/v1",
         headers={"X-API-Key": stack["keys"][role]},
         timeout=10,
+        verify=stack["tls"],
     )
 
 
@@ -125,6 +145,10 @@ def test_controllers_get_persistent_ids_in_a_hierarchy(stack):
     assert lc["parent_id"] == rc["controller_id"]
     listed = {c["controller_id"]: c for c in api(stack, "gc", "auditor").get("/controllers").json()}
     assert listed[lc["controller_id"]]["parent_id"] == rc["controller_id"]
+    # Controllers call each other over HTTPS, at their peer listeners.
+    for name, identity in (("gc", gc), ("rc", rc), ("lc", lc)):
+        assert listed[identity["controller_id"]]["url"] == stack[name].peer_url
+        assert stack[name].peer_url.startswith("https://")
 
 
 def test_gc_restart_keeps_its_id_and_a_new_rc_gets_a_fresh_one(stack):
@@ -160,7 +184,9 @@ def test_gc_restart_keeps_its_id_and_a_new_rc_gets_a_fresh_one(stack):
 def join_attempt(stack, token: str, *, region: str = REGION, sign_with: SigningKey | None = None):
     """Both steps of a join against the GC; returns the refusal detail or the new ID."""
     key = SigningKey.generate()
-    gc_api = httpx.Client(base_url=f"{stack['gc'].peer_url}/api/v1", timeout=10)
+    gc_api = httpx.Client(
+        base_url=f"{stack['gc'].peer_url}/api/v1", timeout=10, verify=stack["peer_tls"]
+    )
     claims = {
         "controller_type": "regional",
         "region": region,
@@ -233,7 +259,12 @@ def test_a_forged_message_is_refused(stack):
         recipient_id=rc_id,
         signer=SigningKey.generate(),
     )
-    response = httpx.post(f"{stack['rc'].peer_url}/api/v1/messages", json=envelope, timeout=10)
+    response = httpx.post(
+        f"{stack['rc'].peer_url}/api/v1/messages",
+        json=envelope,
+        timeout=10,
+        verify=stack["peer_tls"],
+    )
     assert response.status_code == 403
     assert "bad signature" in response.json()["detail"]
 
@@ -361,8 +392,10 @@ def test_devices_filter_and_optimistic_concurrency(stack, device):
 
 def test_requests_without_or_with_a_wrong_key_are_refused(stack):
     url = f"{stack['lc'].url}/api/v1/devices"
-    assert httpx.get(url, timeout=5).status_code == 401
-    assert httpx.get(url, headers={"X-API-Key": "pdsno_0000_bad"}, timeout=5).status_code == 401
+    tls = stack["tls"]
+    assert httpx.get(url, timeout=5, verify=tls).status_code == 401
+    bad_key = {"X-API-Key": "pdsno_0000_bad"}
+    assert httpx.get(url, headers=bad_key, timeout=5, verify=tls).status_code == 401
     auditor = api(stack, "lc", "auditor")
     refused = auditor.post("/devices", json={"device_id": "x", "name": "x", "region": "region-a"})
     assert refused.status_code == 403 and "devices:write" in refused.json()["detail"]
@@ -400,16 +433,19 @@ def test_a_local_controller_cannot_publish_policy(stack):
     assert response.status_code == 403
 
 
-def test_events_reach_an_mqtt_subscriber(stack, device, mosquitto_broker):
+def test_events_reach_an_mqtt_subscriber(stack, device):
+    broker = stack["broker"]
     received: list[dict] = []
     subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{stack['backend']}")
+    cert_file, key_file = issue_once(stack["workdir"], "subscriber", server=False)
+    client.tls_set_context(client_context(stack["workdir"] / "pki" / "ca.crt", cert_file, key_file))
     client.on_connect = lambda c, *_: c.subscribe("pdsno/v1/#", qos=1)
     client.on_subscribe = lambda *_: subscribed.set()
     client.on_message = lambda _c, _u, msg: received.append(
         {"topic": msg.topic, **json.loads(msg.payload)}
     )
-    client.connect(mosquitto_broker.host, mosquitto_broker.port)
+    client.connect(broker.host, broker.port)
     client.loop_start()
     try:
         assert subscribed.wait(10)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, select, update
