@@ -103,6 +103,8 @@ class AuthSettings(Section):
 class LimitsSettings(Section):
     """Rate limits, load caps and uvicorn's own limits."""
 
+    # Off only to measure its cost (bench/) or behind a proxy that limits.
+    rate_limit_enabled: bool = True
     rate_per_second: float = Field(default=20.0, gt=0)
     burst: int = Field(default=40, ge=1)
     login_rate_per_second: float = Field(default=0.2, gt=0)

@@ -14,6 +14,7 @@ from pdsno.events.publisher import OutboxPublisher
 from pdsno.identity.state import Identity
 from pdsno.messaging.dispatcher import Dispatcher
 from pdsno.nib.cache import TTLCache
+from pdsno.observability.metrics import Metrics
 from pdsno.security.keys import SigningKey
 
 
@@ -27,4 +28,5 @@ class ControllerContext:
     dispatcher: Dispatcher
     publisher: OutboxPublisher | None = None
     device_cache: TTLCache[dict] = field(default_factory=TTLCache)
+    metrics: Metrics | None = None
     started_at: datetime = field(default_factory=utcnow)

@@ -20,7 +20,7 @@ from pdsno.approval.classifier import RuleClassifier
 from pdsno.approval.executor import load_executor
 from pdsno.approval.workflow import ApprovalWorkflow
 from pdsno.clock import utcnow
-from pdsno.config import ControllerType, Settings
+from pdsno.config import ControllerType, LimitsSettings, Settings
 from pdsno.context import ControllerContext
 from pdsno.errors import ConfigurationError
 from pdsno.events.publisher import OutboxPublisher
@@ -30,6 +30,8 @@ from pdsno.messaging.dispatcher import Dispatcher
 from pdsno.nib.cache import TTLCache
 from pdsno.nib.engine import create_nib_engine, require_current_schema
 from pdsno.nib.schema import controllers
+from pdsno.observability.logging import configure_logging
+from pdsno.observability.metrics import Metrics, start_metrics_server
 from pdsno.security.keys import SigningKey
 from pdsno.security.tls import ControllerTls, controller_tls
 
@@ -220,9 +222,20 @@ def running_controller(
         else None
     )
     sweeper = Sweeper(workflow)
+    metrics = Metrics()
+    workflow.metrics = metrics
     ctx = ControllerContext(
-        settings, engine, identity, signer, workflow, dispatcher, publisher, device_cache
+        settings,
+        engine,
+        identity,
+        signer,
+        workflow,
+        dispatcher,
+        publisher,
+        device_cache,
+        metrics,
     )
+    stop_metrics = start_metrics_server(metrics, settings, engine=engine)
     dispatcher.start()
     sweeper.start()
     if publisher is not None:
@@ -230,6 +243,7 @@ def running_controller(
     try:
         yield ctx
     finally:
+        stop_metrics()
         if publisher is not None:
             publisher.stop()
         sweeper.stop()
@@ -252,7 +266,9 @@ class _Listener(uvicorn.Server):
         yield
 
 
-def _server(app, host: str, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Server:
+def _server(
+    app, host: str, port: int, ssl_context: ssl.SSLContext | None, limits: LimitsSettings
+) -> uvicorn.Server:
     # The context is built (and reloaded) by pdsno.security.tls, not by uvicorn.
     factory = None if ssl_context is None else (lambda _config, _default: ssl_context)
     return _Listener(
@@ -263,6 +279,16 @@ def _server(app, host: str, port: int, ssl_context: ssl.SSLContext | None) -> uv
             log_level="info",
             server_header=False,
             ssl_context_factory=factory,
+            # X-Forwarded-For is trusted only from limits.trusted_proxies, by
+            # pdsno's own middleware; logging is pdsno's (configure_logging).
+            proxy_headers=False,
+            log_config=None,
+            # Connection-level limits; the middleware answers 503 with
+            # Retry-After first, at limits.max_concurrent_requests.
+            limit_concurrency=limits.max_concurrent_requests * 2,
+            backlog=limits.backlog,
+            timeout_keep_alive=limits.timeout_keep_alive_seconds,
+            h11_max_incomplete_event_size=limits.max_header_bytes,
         )
     )
 
@@ -315,6 +341,7 @@ def _nothing_to_reload() -> None:
 
 
 def run(settings: Settings) -> None:
+    configure_logging(settings.logging)
     tls = controller_tls(settings.tls)  # None, with a loud warning, for plain HTTP
     with running_controller(settings, tls) as ctx:
         scheme = "https" if tls is not None else "http"
@@ -346,12 +373,14 @@ def run(settings: Settings) -> None:
                 settings.listen_host,
                 settings.listen_port,
                 tls.api if tls is not None else None,
+                settings.limits,
             ),
             _server(
                 create_app(ctx, surface="peer"),
                 settings.listen_host,
                 settings.peer_listen_port,
                 tls.peer if tls is not None else None,
+                settings.limits,
             ),
         ]
         asyncio.run(

@@ -175,6 +175,7 @@ def controller_settings(
         "listen_host": "127.0.0.1",
         "listen_port": free_port(),
         "peer_listen_port": free_port(),
+        "metrics": {"port": free_port()},
         "tls": tls_settings(workdir, name),
         "message_window_seconds": 60,
         **extra,

@@ -8,13 +8,11 @@ from typing import Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from pdsno import __version__
 from pdsno.api import middleware, routes
-from pdsno.api.models import ErrorOut, HealthOut
-from pdsno.clock import utcnow
+from pdsno.api.models import ErrorOut
 from pdsno.context import ControllerContext
 from pdsno.errors import ConfigurationError, PdsnoError
 
@@ -53,23 +51,6 @@ def create_app(
         api.include_router(router)
     app.include_router(api)
     middleware.install(app, ctx, surface=surface)
-
-    @app.get("/health", response_model=HealthOut, tags=["health"])
-    def health() -> JSONResponse:
-        healthy = True
-        try:
-            with ctx.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except DBAPIError:
-            healthy = False
-        body = HealthOut(
-            status="healthy" if healthy else "unhealthy",
-            timestamp=utcnow(),
-            version=__version__,
-            controller_id=ctx.identity.controller_id,
-            controller_type=ctx.identity.controller_type,
-        )
-        return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
 
     @app.exception_handler(PdsnoError)
     def pdsno_error(_: Request, error: PdsnoError) -> JSONResponse:

@@ -76,6 +76,8 @@ class ApprovalWorkflow:
         self._executor = executor
         self._messenger = messenger
         self._on_device_changed = on_device_changed
+        # A pdsno.observability.metrics.Metrics, set by the runtime when it serves one.
+        self.metrics: Any = None
 
     # ---- reading -------------------------------------------------------
     def get(self, proposal_id: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ signed challenge, a message with its sender's signature.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from fastapi import APIRouter, status
@@ -41,6 +42,11 @@ def _audit_refusal(ctx: ControllerContext, event_type: str, reason: str, payload
             region=payload.get("region"),
             payload={**payload, "reason": reason},
         )
+
+
+def _count_validation(ctx: ControllerContext, controller_type: str, result: str) -> None:
+    if ctx.metrics is not None:
+        ctx.metrics.count_validation(controller_type, result)
 
 
 @router.post("/validation/challenge", response_model=ChallengeOut)
@@ -86,8 +92,10 @@ def register(body: RegisterIn, ctx: Context) -> dict:
                 signer=ctx.signer,
             )
     except PdsnoError as error:
+        _count_validation(ctx, "unknown", "refused")
         _audit_refusal(ctx, "validation.refused", str(error), {"step": "register"})
         raise
+    _count_validation(ctx, child.controller_type, "admitted")
     return {
         "controller_id": child.controller_id,
         "controller_type": child.controller_type,
@@ -116,5 +124,8 @@ def receive_message(body: EnvelopeIn, ctx: Context) -> dict:
             },
         )
         raise
+    started = time.perf_counter()
     handlers.handle(ctx, message)
+    if ctx.metrics is not None:
+        ctx.metrics.observe_message(message.message_type, time.perf_counter() - started)
     return {"message_type": message.message_type}
