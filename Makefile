@@ -18,7 +18,7 @@ APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client pyt
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean
+.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -75,3 +75,6 @@ molecule: lab-image ## Every molecule scenario, one after the other (SCENARIOS=b
 
 clean: lab-down ## Remove the lab, the virtualenv and the caches (the image stays)
 	rm -rf $(VENV) $(LAB_STATE) .cache reports .pytest_cache .ruff_cache
+
+bench: lab-image ## API benchmark: pdsno vs a bare uvicorn TLS app, with and without the rate limiter
+	python bench/api_tls_bench.py

@@ -11,7 +11,9 @@ loopback with the same TLS certificate, loaded by wrk for a fixed time:
 Prints a table and the ratios to the bare app. A benchmark, not a test:
 run it by hand (`make bench`), it asserts nothing. Needs wrk (Debian).
 
-    python bench/api_tls_bench.py [--seconds 10] [--connections 32]
+    python bench/api_tls_bench.py [--seconds 10] [--connections 32] [--nib sqlite]
+
+The NIB is a real PostgreSQL 15 (as in production) unless --nib sqlite.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from hierarchy import free_port  # noqa: E402
+from services import PostgresServer, ServiceUser, private_directory  # noqa: E402
 from tlsutil import CertificateAuthority  # noqa: E402
 
 DEVICE_ID = "bench-1"
@@ -121,15 +124,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--nib", choices=["postgresql", "sqlite"], default="postgresql")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
 
     work = Path(tempfile.mkdtemp(prefix="pdsno-bench-"))
+    postgres = None
+    if args.nib == "postgresql":
+        owner = ServiceUser.for_service("postgres")
+        postgres = PostgresServer(private_directory("pdsno-bench-pg-", owner), owner)
+        postgres.init()
+        postgres.start()
+        db_url = postgres.create_database()
+    else:
+        db_url = f"sqlite:///{work / 'nib.db'}"
+    try:
+        measure(args, work, db_url)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path, db_url: str) -> None:
     ca = CertificateAuthority.create()
     ca_file = ca.write_ca(work / "ca.crt")
     cert_file, key_file = ca.issue("bench").write(work / "server.crt", work / "server.key")
-    env = {**os.environ, "PDSNO_DB_URL": f"sqlite:///{work / 'nib.db'}"}
+    env = {**os.environ, "PDSNO_DB_URL": db_url}
     pdsno("db", "upgrade", env=env)
     api_key = pdsno("apikey", "create", "--name", "bench", "--role", "auditor", env=env)
     admin_key = pdsno("apikey", "create", "--name", "bench-admin", "--role", "admin", env=env)
@@ -222,8 +244,9 @@ def main() -> None:
         stop(bare)
 
     print(
-        f"\nGET /api/v1/devices/{{id}} over TLS 1.3, {args.connections} connections, "
-        f"{args.seconds} s each, wrk -t1, one uvicorn process each, {os.cpu_count()} cores"
+        f"\nGET /api/v1/devices/{{id}} over TLS 1.3, NIB on {args.nib}, "
+        f"{args.connections} connections, {args.seconds} s each, wrk -t1, "
+        f"one uvicorn process each, {os.cpu_count()} cores"
     )
     print(f"{'server':<10} {'req/s':>10} {'p99 ms':>8} {'vs bare req/s':>14} {'non-2xx':>8}")
     for label in ("bare", "pdsno", "pdsno+rl"):
@@ -239,7 +262,6 @@ def main() -> None:
         f"(p99 {results['pdsno']['p99_ms']:.2f} -> {results['pdsno+rl']['p99_ms']:.2f} ms)"
     )
     print(json.dumps(results))
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class AuthSettings(Section):
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=8 * 3600)
     lockout_threshold: int = Field(default=5, ge=1, le=100)
     lockout_seconds: int = Field(default=900, ge=1)
+    # A verified API key or session is trusted this long without asking the
+    # NIB again: a revocation reaches every controller within this time.
+    cache_seconds: float = Field(default=2.0, ge=0, le=30)
 
 
 class LimitsSettings(Section):

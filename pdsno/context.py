@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -29,4 +30,6 @@ class ControllerContext:
     publisher: OutboxPublisher | None = None
     device_cache: TTLCache[dict] = field(default_factory=TTLCache)
     metrics: Metrics | None = None
+    # Principals by the SHA-256 of the credential that proved them.
+    auth_cache: TTLCache[Any] | None = None
     started_at: datetime = field(default_factory=utcnow)

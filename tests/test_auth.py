@@ -82,7 +82,12 @@ class Api:
 
 
 def build_api(engine: Engine, **auth: Any) -> tuple[Api, httpx.Client]:
-    """A global controller's context on `engine` (no background threads) and its API app."""
+    """A global controller's context on `engine` (no background threads) and its API app.
+
+    These tests change sessions and keys in the NIB behind the API's back, so
+    the cache of verified credentials is off unless a test sets it.
+    """
+    auth.setdefault("cache_seconds", 0)
     settings = Settings(
         type="global",
         db_url=str(engine.url),
@@ -524,3 +529,15 @@ def test_refusals_and_locks_are_counted_for_metrics(nib_engine):
         quick.login("olaf")  # locked
     http.close()
     assert (counted.count("failure"), counted.count("lockout")) == (4, 1)
+
+
+def test_a_revocation_made_elsewhere_applies_within_the_cache_time(nib_engine):
+    api, _ = build_api(nib_engine, cache_seconds=0.5)
+    client = api.client
+    headers = api.key("auditor")
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    with nib_engine.begin() as conn:  # another controller revokes it
+        api_keys.revoke(conn, headers["X-API-Key"].split("_")[1])
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200, "cached"
+    time.sleep(0.6)
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 401

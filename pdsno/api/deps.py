@@ -17,9 +17,12 @@ from sqlalchemy import Column, Table, select
 
 from pdsno.auth import api_keys, sessions
 from pdsno.auth.principal import Principal
+from pdsno.clock import utcnow
 from pdsno.context import ControllerContext
 from pdsno.errors import AuthenticationError, PermissionDeniedError
+from pdsno.nib.cache import TTLCache
 from pdsno.nib.schema import config_proposals, devices
+from pdsno.security.keys import sha256_hex
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="pdsno_<id>_<secret>")
 BEARER = HTTPBearer(
@@ -65,13 +68,34 @@ def authenticate(
             "authentication required: send Authorization: Bearer <session token> "
             "(POST /api/v1/auth/login) or X-API-Key"
         )
-    try:
+    credential = bearer.credentials if bearer is not None else (presented_key or "")
+
+    def verify() -> Principal:
         with ctx.engine.connect() as conn:
             if bearer is not None:
-                return sessions.authenticate(conn, bearer.credentials)
-            return api_keys.authenticate(conn, presented_key or "")
+                return sessions.authenticate(conn, credential)
+            return api_keys.authenticate(conn, credential)
+
+    try:
+        cache = _auth_cache(ctx)
+        if cache is None:
+            return verify()
+        principal = cache.get_or_load(sha256_hex(credential.encode()), verify)
     except AuthenticationError as error:
         raise _unauthenticated(str(error)) from None
+    if principal.expires_at is not None and principal.expires_at <= utcnow():
+        raise _unauthenticated("session expired: log in again")
+    return principal
+
+
+def _auth_cache(ctx: ControllerContext) -> TTLCache[Principal] | None:
+    """The context's cache of verified credentials; none when auth.cache_seconds is 0."""
+    seconds = ctx.settings.auth.cache_seconds
+    if seconds <= 0:
+        return None
+    if ctx.auth_cache is None:
+        ctx.auth_cache = TTLCache(max_entries=10_000, ttl_seconds=seconds)
+    return ctx.auth_cache
 
 
 Authenticated = Annotated[Principal, Depends(authenticate)]

@@ -18,6 +18,7 @@ from pdsno.api.deps import Context, require
 from pdsno.auth import sessions, users
 from pdsno.auth.permissions import PERMISSIONS
 from pdsno.auth.principal import Principal
+from pdsno.context import ControllerContext
 from pdsno.errors import PdsnoError
 
 SURFACE = "api"
@@ -97,6 +98,7 @@ def logout(
             subject=principal.name,
             region=principal.region,
         )
+    _forget_verified_credentials(ctx)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -124,4 +126,12 @@ def revoke_user_sessions(
         user = users.get(conn, username)
         principal.check_region(user.region, f"user {username}")
         revoked = users.revoke_sessions(conn, username, actor=principal.name)
+    _forget_verified_credentials(ctx)
     return {"username": username, "revoked": revoked}
+
+
+def _forget_verified_credentials(ctx: ControllerContext) -> None:
+    """A revocation made here takes effect here at once (elsewhere within
+    auth.cache_seconds)."""
+    if ctx.auth_cache is not None:
+        ctx.auth_cache.clear()
