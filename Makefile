@@ -12,8 +12,9 @@ LAB_INVENTORY ?= inventories/lab
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 # netavark and aardvark-dns: podman's network backend, with DNS between lab hosts.
 # prometheus: promtool checks the alerting rules.
-# postgresql, mosquitto: real servers for the tests; prometheus: promtool for the alert rules.
-APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus
+# postgresql, mosquitto: real servers for the tests; prometheus: promtool for the
+# alert rules; wrk: the load generator of make bench.
+APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -76,5 +77,5 @@ molecule: lab-image ## Every molecule scenario, one after the other (SCENARIOS=b
 clean: lab-down ## Remove the lab, the virtualenv and the caches (the image stays)
 	rm -rf $(VENV) $(LAB_STATE) .cache reports .pytest_cache .ruff_cache
 
-bench: lab-image ## API benchmark: pdsno vs a bare uvicorn TLS app, with and without the rate limiter
+bench: deps ## API benchmark: pdsno vs a bare uvicorn TLS app, with and without the rate limiter
 	python bench/api_tls_bench.py
