@@ -60,6 +60,8 @@ class JsonFormatter(_BaseJsonFormatter):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         super().add_fields(log_data, record, message_dict)
+        # uvicorn adds the message again with terminal colour codes.
+        log_data.pop("color_message", None)
         # Read here too, so that the ID is there without RequestIdFilter.
         log_data["request_id"] = getattr(record, "request_id", None) or REQUEST_ID.get()
 
