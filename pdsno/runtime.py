@@ -32,6 +32,7 @@ from pdsno.nib.engine import create_nib_engine, require_current_schema
 from pdsno.nib.schema import controllers
 from pdsno.observability.logging import configure_logging
 from pdsno.observability.metrics import Metrics, start_metrics_server
+from pdsno.security import secrets as secret_store
 from pdsno.security.keys import SigningKey
 from pdsno.security.tls import ControllerTls, controller_tls
 
@@ -155,6 +156,16 @@ def _post_to_parent(http: httpx.Client, settings: Settings, path: str, body: dic
     raise AssertionError("unreachable")
 
 
+def _warn_if_master_key_rotation_due(engine: Engine, rotation_days: int) -> None:
+    with engine.connect() as conn:
+        if secret_store.rotation_due(conn, rotation_days):
+            log.warning(
+                "the master key is %d days old or older: rotate it with `pdsno secrets rotate` "
+                "(docs/secrets-and-backups.md)",
+                rotation_days,
+            )
+
+
 class Sweeper:
     """Expires stale proposals now and then."""
 
@@ -192,6 +203,7 @@ def running_controller(
         tls = controller_tls(settings.tls)
     engine = create_nib_engine(settings.db_url)
     require_current_schema(engine)
+    _warn_if_master_key_rotation_due(engine, settings.secrets.rotation_days)
     signer = SigningKey.load(settings.key_file)
     # Parent and peers: verified against the PDSNO CA, with this controller's
     # certificate as the client certificate their peer listeners require.

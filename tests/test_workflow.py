@@ -140,3 +140,24 @@ def test_a_proposal_is_executed_at_most_once(local, nib_engine):
         workflow.execute(pid, presented, config_lines=lines)
     with nib_engine.connect() as conn:
         assert devices.get(conn, "sw-1")["config_version"] == 1
+
+
+def test_controller_start_warns_when_the_master_key_is_due_for_rotation(nib_engine, caplog):
+    from pdsno.nib.schema import master_keys
+    from pdsno.runtime import _warn_if_master_key_rotation_due
+
+    with nib_engine.begin() as conn:
+        conn.execute(
+            master_keys.insert().values(
+                key_version=1,
+                fingerprint="f" * 64,
+                created_at=utcnow() - timedelta(days=91),
+            )
+        )
+    with caplog.at_level("WARNING", logger="pdsno.runtime"):
+        _warn_if_master_key_rotation_due(nib_engine, 90)
+    assert "pdsno secrets rotate" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pdsno.runtime"):
+        _warn_if_master_key_rotation_due(nib_engine, 120)
+    assert caplog.text == ""
