@@ -9,76 +9,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, insert, select
+from nib_rows import add_controller, add_device, add_proposal
+from sqlalchemy import Engine, select
 
 from pdsno.approval import tokens
 from pdsno.approval.tokens import issue, verify_and_consume
 from pdsno.clock import utcnow
 from pdsno.errors import ConflictError, NotFoundError, ValidationRefusedError
-from pdsno.nib.schema import config_proposals, controllers, devices, execution_tokens
+from pdsno.nib.schema import execution_tokens
 from pdsno.security.keys import SigningKey, config_hash
 
 APPROVER = "global-1"
 DEVICE = "edge-7"
 CONFIG = ["interface Gi0/1", " description uplink to core"]
-
-
-def add_controller(
-    conn: Connection, controller_id: str, key: SigningKey, status: str = "active"
-) -> None:
-    now = utcnow()
-    conn.execute(
-        insert(controllers).values(
-            controller_id=controller_id,
-            controller_type="global",
-            name=controller_id,
-            public_key=key.public_key_b64,
-            status=status,
-            created_at=now,
-            updated_at=now,
-            version=1,
-        )
-    )
-
-
-def add_device(conn: Connection, device_id: str) -> None:
-    now = utcnow()
-    conn.execute(
-        insert(devices).values(
-            device_id=device_id,
-            name=device_id,
-            region="eu-west",
-            status="active",
-            config_version=0,
-            current_config=[],
-            created_at=now,
-            updated_at=now,
-            version=1,
-        )
-    )
-
-
-def add_proposal(conn: Connection, device_id: str, config_lines: list[str]) -> str:
-    now = utcnow()
-    proposal_id = str(uuid.uuid4())
-    conn.execute(
-        insert(config_proposals).values(
-            proposal_id=proposal_id,
-            device_id=device_id,
-            origin_id=APPROVER,
-            region="eu-west",
-            config_lines=config_lines,
-            config_hash=config_hash(config_lines),
-            sensitivity_local="low",
-            sensitivity="low",
-            status="approved",
-            created_at=now,
-            expires_at=now + timedelta(hours=1),
-            updated_at=now,
-            version=1,
-        )
-    )
-    return proposal_id
 
 
 @pytest.fixture
@@ -100,7 +43,7 @@ def issue_token(
     engine: Engine, signer: SigningKey, *, ttl_seconds: int = 600, config: list[str] = CONFIG
 ) -> dict[str, Any]:
     with engine.begin() as conn:
-        proposal_id = add_proposal(conn, DEVICE, config)
+        proposal_id = add_proposal(conn, DEVICE, config, origin_id=APPROVER, sensitivity="low")
         return issue(
             conn,
             proposal_id=proposal_id,
@@ -180,7 +123,7 @@ def test_one_token_per_proposal(nib: Engine, approver_key: SigningKey) -> None:
 
 def test_a_token_can_only_permit_the_proposed_change(nib: Engine, approver_key: SigningKey) -> None:
     with nib.begin() as conn:
-        proposal_id = add_proposal(conn, DEVICE, CONFIG)
+        proposal_id = add_proposal(conn, DEVICE, CONFIG, origin_id=APPROVER, sensitivity="low")
     attempts = [
         ({"device_id": "core-1"}, ConflictError, "is for device edge-7"),
         ({"config_hash": config_hash(["reload"])}, ConflictError, "only permit the proposed"),

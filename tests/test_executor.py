@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
 from importlib.metadata import EntryPoint
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, insert, select, update
+from nib_rows import add_controller, add_device, add_proposal
+from sqlalchemy import Connection, Engine, select, update
 
 from pdsno.approval import executor as executor_module
 from pdsno.approval.executor import (
@@ -18,10 +17,9 @@ from pdsno.approval.executor import (
     available_executors,
     load_executor,
 )
-from pdsno.clock import utcnow
 from pdsno.errors import ConfigurationError, ConflictError, NotFoundError
-from pdsno.nib.schema import config_proposals, controllers, device_configs, devices
-from pdsno.security.keys import SigningKey, config_hash
+from pdsno.nib.schema import device_configs, devices
+from pdsno.security.keys import config_hash
 
 DEVICE = "edge-7"
 ORIGIN = "local-1"
@@ -30,67 +28,10 @@ FIRST = ["hostname edge-7", "interface Gi0/1", " description uplink"]
 SECOND = ["hostname edge-7", "interface Gi0/1", " description uplink to core"]
 
 
-def add_device(conn: Connection, device_id: str, current_config: list[str]) -> None:
-    now = utcnow()
-    conn.execute(
-        insert(devices).values(
-            device_id=device_id,
-            name=device_id,
-            region="eu-west",
-            status="active",
-            config_version=0,
-            current_config=current_config,
-            created_at=now,
-            updated_at=now,
-            version=1,
-        )
-    )
-
-
-def add_controller(conn: Connection, controller_id: str) -> None:
-    now = utcnow()
-    conn.execute(
-        insert(controllers).values(
-            controller_id=controller_id,
-            controller_type="local",
-            region="eu-west",
-            name=controller_id,
-            public_key=SigningKey.generate().public_key_b64,
-            status="active",
-            created_at=now,
-            updated_at=now,
-            version=1,
-        )
-    )
-
-
-def add_proposal(conn: Connection, device_id: str, config_lines: list[str]) -> str:
-    now = utcnow()
-    proposal_id = str(uuid.uuid4())
-    conn.execute(
-        insert(config_proposals).values(
-            proposal_id=proposal_id,
-            device_id=device_id,
-            origin_id=ORIGIN,
-            region="eu-west",
-            config_lines=config_lines,
-            config_hash=config_hash(config_lines),
-            sensitivity_local="medium",
-            sensitivity="medium",
-            status="approved",
-            created_at=now,
-            expires_at=now + timedelta(hours=1),
-            updated_at=now,
-            version=1,
-        )
-    )
-    return proposal_id
-
-
 @pytest.fixture
 def nib(nib_engine: Engine) -> Engine:
     with nib_engine.begin() as conn:
-        add_controller(conn, ORIGIN)
+        add_controller(conn, ORIGIN, controller_type="local")
         add_device(conn, DEVICE, INITIAL)
     return nib_engine
 
@@ -99,7 +40,11 @@ def apply(
     engine: Engine, config_lines: list[str], *, with_proposal: bool = True
 ) -> ExecutionResult:
     with engine.begin() as conn:
-        proposal_id = add_proposal(conn, DEVICE, config_lines) if with_proposal else None
+        proposal_id = (
+            add_proposal(conn, DEVICE, config_lines, origin_id=ORIGIN, sensitivity="medium")
+            if with_proposal
+            else None
+        )
         return NibConfigRecorder().apply(
             conn,
             device_id=DEVICE,
