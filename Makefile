@@ -10,11 +10,12 @@ LAB_IMAGE := localhost/pdsno-lab-debian12:latest
 LAB_INVENTORY ?= inventories/lab
 # Scenarios to test; `make molecule SCENARIOS=base` runs one.
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# netavark and aardvark-dns: podman's network backend, with DNS between lab hosts.
+# netavark and aardvark-dns: podman's network backend, with DNS between lab hosts;
+# netavark runs iptables to set up the network (--no-install-recommends leaves it out).
 # prometheus: promtool checks the alerting rules.
 # postgresql, mosquitto: real servers for the tests; prometheus: promtool for the
 # alert rules; wrk: the load generator of make bench.
-APT_PACKAGES := podman runc netavark aardvark-dns debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
+APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
