@@ -207,3 +207,123 @@ def test_the_shipped_file_is_valid_and_commented() -> None:
     assert text.lstrip().startswith("#")
     classifier = RuleClassifier.from_text(text)
     assert {rule.sensitivity for rule in classifier.rules} == {LOW, MEDIUM, HIGH}
+
+
+# --- a HIGH statement hidden anywhere never yields LOW (issue 11, finding 1) ---------
+
+# Statements the shipped rules rate HIGH, and harmless ones they rate LOW.
+HIGH_STATEMENTS = [
+    "router bgp 65000",
+    " neighbor 10.0.0.1 remote-as 666",
+    "aaa new-model",
+    "enable secret 0 hunter2",
+    "line vty 0 4",
+    " transport input telnet",
+    "no ip access-list extended MGMT",
+    " shutdown",
+    "reload",
+    "crypto key generate rsa",
+    "snmp-server community private rw",
+    "username root privilege 15 secret x",
+    "boot system flash:evil.bin",
+    " redistribute static",
+]
+LOW_STATEMENTS = ["description uplink", " logging host 192.0.2.9", "!", "", "banner motd x"]
+# Everything a device, a terminal or str.splitlines() may take as the end of a statement,
+# and other characters the API refuses.
+SEPARATORS = [
+    "\n",
+    "\r",
+    "\r\n",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x1d",
+    "\x1e",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\x00",
+    "\x1b",
+    "\t",
+    "\u200b",
+    "\u202e",
+]
+
+
+def _disguise(statement: str, draw) -> str:
+    """The statement as an attacker might send it: another case, NFKC look-alikes."""
+    from hypothesis import strategies as st
+
+    if draw(st.booleans()):
+        statement = statement.upper()
+    if draw(st.booleans()):  # full-width letters read as ASCII after NFKC
+        statement = "".join(
+            chr(ord(c) + 0xFEE0) if "!" <= c <= "~" and draw(st.booleans()) else c
+            for c in statement
+        )
+    return statement
+
+
+def _proposals():
+    from hypothesis import strategies as st
+
+    @st.composite
+    def proposal(draw) -> list[str]:
+        harmless = st.one_of(st.sampled_from(LOW_STATEMENTS), st.text(max_size=20))
+        lines = draw(st.lists(harmless, max_size=6))
+        hidden = _disguise(draw(st.sampled_from(HIGH_STATEMENTS)), draw)
+        where = draw(st.integers(min_value=0, max_value=len(lines)))
+        how = draw(st.sampled_from(["own line", "after a separator", "before a separator"]))
+        separator = draw(st.sampled_from(SEPARATORS))
+        if how == "own line" or not lines:
+            lines.insert(where, hidden)
+        elif how == "after a separator":
+            index = min(where, len(lines) - 1)
+            lines[index] = lines[index] + separator + hidden
+        else:
+            index = min(where, len(lines) - 1)
+            lines[index] = hidden + separator + lines[index]
+        return lines
+
+    return proposal()
+
+
+def test_a_high_statement_hidden_anywhere_never_yields_low() -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    shipped = RuleClassifier.default()
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_proposals())
+    def check(lines: list[str]) -> None:
+        rating = shipped.classify(lines).sensitivity
+        assert rating is not LOW, lines
+
+    check()
+
+
+@pytest.mark.parametrize("separator", SEPARATORS)
+def test_each_separator_cuts_a_line_into_statements(shipped: RuleClassifier, separator) -> None:
+    result = shipped.classify([f"description uplink{separator}router bgp 65000"])
+    assert result.sensitivity is HIGH, separator
+
+
+def test_a_statement_no_rule_knows_is_medium_even_if_the_default_is_low() -> None:
+    lenient = RuleClassifier.from_text(
+        "default: low\nrules:\n  - {name: d, sensitivity: low, pattern: '^\\s*description\\b'}\n"
+    )
+    assert lenient.classify(["description x"]).sensitivity is LOW
+    assert lenient.classify(["hostname x"]).sensitivity is MEDIUM
+    assert lenient.classify(["description x\x00"]).sensitivity is MEDIUM
+
+
+def test_the_api_type_refuses_what_the_classifier_would_cut() -> None:
+    from pydantic import ValidationError
+
+    from pdsno.api.models import ProposalIn
+
+    for separator in SEPARATORS:
+        with pytest.raises(ValidationError, match=f"U\\+{ord(separator[0]):04X}"):
+            ProposalIn(device_id="sw-1", config_lines=["ok", f"description x{separator}reload"])
+    assert ProposalIn(device_id="sw-1", config_lines=[" description café"]).config_lines

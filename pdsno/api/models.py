@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pdsno.approval.classifier import config_line_problem
 
 Identifier = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 Region = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
-ConfigLine = Field(min_length=1, max_length=1024)
+
+
+def _one_statement(line: str) -> str:
+    problem = config_line_problem(line)
+    if problem is not None:
+        raise ValueError(problem)
+    return line
+
+
+# One configuration statement: the classifier rates what the device will read,
+# so a line break or another control character inside a line is refused (422,
+# located at the line's index), never passed on to be read as a second statement.
+ConfigLine = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_one_statement)]
 
 
 class Strict(BaseModel):
@@ -64,7 +78,7 @@ class DeviceOut(BaseModel):
 
 class ProposalIn(Strict):
     device_id: str = Identifier
-    config_lines: list[str] = Field(min_length=1, max_length=5000)
+    config_lines: list[ConfigLine] = Field(min_length=1, max_length=5000)
 
 
 class ProposalOut(BaseModel):
@@ -103,7 +117,7 @@ class ExecutionTokenIn(Strict):
 
 class ExecuteIn(Strict):
     token: ExecutionTokenIn
-    config_lines: list[str] = Field(min_length=1, max_length=5000)
+    config_lines: list[ConfigLine] = Field(min_length=1, max_length=5000)
 
 
 class ControllerOut(BaseModel):

@@ -6,11 +6,21 @@ named by approval.rules_file), not code. Each line of a configuration is rated
 on its own: the highest rule it matches, or the file's `default` when it
 matches none. The configuration gets the highest rating of its lines, so one
 unknown line in a change can never be outweighed by harmless ones.
+
+A device reads statements, not list items: a line break inside an item
+("description x\nrouter bgp 1") starts a statement of its own there. So
+each item is normalised (NFKC) and cut into statements at every line break
+and every other control character before any rule sees it, and the
+classifier fails closed: a statement no rule knows, or an item that needed
+cutting, is rated at least MEDIUM, whatever the rules file's `default`.
+The API refuses such items in the first place (pdsno.api.models.ConfigLine);
+this is the second line of defence, for every other way in.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +34,44 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pdsno.errors import ConfigurationError
 
 SHIPPED_RULES = "classifier_rules.yaml"
+
+# Unicode categories a configuration statement never needs: controls (line
+# breaks among them), format characters (zero-width, bidi overrides),
+# surrogates, private use, unassigned code points, line/paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def config_line_problem(line: str) -> str | None:
+    """Why `line` is not one plain configuration statement, or None when it is.
+
+    Names the first offending character by code point and position, so that
+    an API error says exactly what to remove.
+    """
+    for position, char in enumerate(line):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            name = unicodedata.name(char, "a control character")
+            return (
+                f"character U+{ord(char):04X} ({name}) at position {position}: a config "
+                "line holds one statement, without line breaks or control characters; "
+                "send each statement as its own line"
+            )
+    return None
+
+
+def statements(line: str) -> list[str]:
+    """The statements a device could read in `line`: NFKC-normalised, cut at
+    every refused character (a line break is one)."""
+    normalised = unicodedata.normalize("NFKC", line)
+    parts: list[str] = []
+    current: list[str] = []
+    for char in normalised:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 class Sensitivity(StrEnum):
@@ -80,6 +128,8 @@ class Sensitivity(StrEnum):
 
 
 _RANKS = {Sensitivity.LOW: 0, Sensitivity.MEDIUM: 1, Sensitivity.HIGH: 2}
+# The least a statement gets that no rule knows, whatever the rules file says.
+UNKNOWN_FLOOR = Sensitivity.MEDIUM
 
 
 @dataclass(frozen=True)
@@ -205,18 +255,30 @@ class RuleClassifier:
         return cls.default() if rules_file is None else cls.from_file(rules_file)
 
     def classify(self, config_lines: Iterable[str]) -> Classification:
-        """The highest rating over the lines; an empty change gets the default."""
+        """The highest rating over the statements; an empty change gets the default.
+
+        Fails closed: a statement no rule matches, and a line that had to be
+        cut into several statements, are rated at least MEDIUM.
+        """
         ratings: list[Sensitivity] = []
         matched: dict[str, None] = {}
         unmatched: list[str] = []
         for line in config_lines:
-            hits = [rule for rule in self.rules if rule.pattern.search(line)]
-            if not hits:
-                unmatched.append(line)
-                ratings.append(self.default_sensitivity)
+            if not isinstance(line, str):
+                unmatched.append(repr(line))
+                ratings.append(Sensitivity.highest(self.default_sensitivity, UNKNOWN_FLOOR))
                 continue
-            matched.update(dict.fromkeys(rule.name for rule in hits))
-            ratings.append(Sensitivity.highest(*(rule.sensitivity for rule in hits)))
+            parts = statements(line)
+            if len(parts) > 1 or parts[0] != line:
+                ratings.append(UNKNOWN_FLOOR)  # altered on the way: never auto-approved
+            for statement in parts:
+                hits = [rule for rule in self.rules if rule.pattern.search(statement)]
+                if not hits:
+                    unmatched.append(statement)
+                    ratings.append(Sensitivity.highest(self.default_sensitivity, UNKNOWN_FLOOR))
+                    continue
+                matched.update(dict.fromkeys(rule.name for rule in hits))
+                ratings.append(Sensitivity.highest(*(rule.sensitivity for rule in hits)))
         overall = Sensitivity.highest(*ratings) if ratings else self.default_sensitivity
         return Classification(overall, list(matched), unmatched)
 

@@ -70,7 +70,7 @@ class LoginResult:
 
 
 def check_username(username: str) -> str:
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         raise PdsnoError(
             f"invalid username {username!r}: 1 to 128 letters, digits and . _ @ -, "
             "starting with a letter or digit"
@@ -133,7 +133,7 @@ def create(
     """A new user; its ID. Audited as `user.created`."""
     check_username(username)
     check_role(role)
-    if region is not None and not REGION.match(region):
+    if region is not None and not REGION.fullmatch(region):
         raise PdsnoError(f"invalid region {region!r}: lowercase letters, digits and -")
     password_hash = hash_password(password)
     user_id = str(uuid.uuid4())

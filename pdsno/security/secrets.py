@@ -71,7 +71,7 @@ def parse_master_key(text: str | None, variable: str = MASTER_KEY_ENV) -> bytes:
             f"(32 bytes); {MAKE_A_KEY}. There is no default key."
         )
     value = text.strip()
-    if not _HEX_KEY.match(value):
+    if not _HEX_KEY.fullmatch(value):
         # Never echo the value: it may be a real key with a typo.
         raise ConfigurationError(
             f"{variable} must be exactly 64 hex characters (a 32-byte key); it holds "
@@ -212,7 +212,7 @@ def _decode_row(row) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
 
 
 def _check_id(secret_id: str) -> None:
-    if not isinstance(secret_id, str) or not SECRET_ID.match(secret_id):
+    if not isinstance(secret_id, str) or not SECRET_ID.fullmatch(secret_id):
         raise PdsnoError(
             f"{secret_id!r} is not a secret ID: 1 to 128 characters, letters, digits and "
             "._:/@+- (starting with a letter or digit)"
