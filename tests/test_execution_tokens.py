@@ -62,15 +62,22 @@ def consume(
     device_id: str = DEVICE,
     config_lines: list[str] = CONFIG,
     allowed_issuers: frozenset[str] = frozenset({APPROVER}),
+    proposal_id: str | None = None,
 ) -> dict[str, Any]:
     with engine.begin() as conn:
         return verify_and_consume(
             conn,
             token,
+            proposal_id=proposal_id or _claimed_proposal(token),
             device_id=device_id,
             config_lines=config_lines,
             allowed_issuers=set(allowed_issuers),
         )
+
+
+def _claimed_proposal(token: Any) -> str:
+    """The proposal the token names: the one it is presented for, unless a test says."""
+    return str(token.get("proposal_id", "")) if isinstance(token, dict) else ""
 
 
 def used_at(engine: Engine, token_id: str) -> Any:
@@ -286,7 +293,12 @@ def test_a_consumption_rolled_back_with_its_change_leaves_the_token_usable(
     token = issue_token(nib, approver_key)
     with pytest.raises(RuntimeError), nib.begin() as conn:
         verify_and_consume(
-            conn, token, device_id=DEVICE, config_lines=CONFIG, allowed_issuers={APPROVER}
+            conn,
+            token,
+            proposal_id=token["proposal_id"],
+            device_id=DEVICE,
+            config_lines=CONFIG,
+            allowed_issuers={APPROVER},
         )
         raise RuntimeError("the change failed after the token was checked")
     assert used_at(nib, token["token_id"]) is None
@@ -306,7 +318,12 @@ def test_concurrent_replays_only_one_is_accepted(nib: Engine, approver_key: Sign
             start.wait(timeout=30)
             with nib.begin() as conn:
                 verify_and_consume(
-                    conn, token, device_id=DEVICE, config_lines=CONFIG, allowed_issuers={APPROVER}
+                    conn,
+                    token,
+                    proposal_id=token["proposal_id"],
+                    device_id=DEVICE,
+                    config_lines=CONFIG,
+                    allowed_issuers={APPROVER},
                 )
                 accepted.append(number)
                 time.sleep(0.2)  # stay uncommitted while the others try
@@ -324,3 +341,10 @@ def test_concurrent_replays_only_one_is_accepted(nib: Engine, approver_key: Sign
     assert len(accepted) == 1
     assert len(refused) == contenders - 1
     assert all("already used" in reason for reason in refused)
+
+
+def test_a_token_is_refused_for_another_proposal(nib: Engine, approver_key: SigningKey) -> None:
+    token = issue_token(nib, approver_key)
+    with pytest.raises(ValidationRefusedError, match="is for proposal"):
+        consume(nib, token, proposal_id=str(uuid.uuid4()))
+    assert used_at(nib, token["token_id"]) is None

@@ -112,11 +112,17 @@ def verify_and_consume(
     conn: Connection,
     token: dict[str, Any],
     *,
+    proposal_id: str,
     device_id: str,
     config_lines: list[str],
     allowed_issuers: set[str],
 ) -> dict[str, Any]:
-    """Check `token` for applying `config_lines` to `device_id`, and use it up.
+    """Check `token` for applying `config_lines` of `proposal_id` to `device_id`, and use it up.
+
+    Every claim the token binds is compared with what it is presented for:
+    the proposal, the device and the configuration's hash. A token of another
+    proposal with the same device and configuration is refused too, so the
+    audit trail names the approval that really permitted the change.
 
     Raises ValidationRefusedError naming the first check that fails; a refused
     token is not consumed. Returns the claims. Runs in the caller's
@@ -126,8 +132,12 @@ def verify_and_consume(
     issuer_id = claims["issuer_id"]
     _check_issuer(conn, issuer_id, allowed_issuers, claims, token["signature"])
     stored = _stored_token(conn, claims, token["signature"])
-    # What the token binds comes first: a token presented for another device
-    # or another configuration is refused as such, whether used or not.
+    # What the token binds comes first: a token presented for another proposal,
+    # device or configuration is refused as such, whether used or not.
+    if claims["proposal_id"] != proposal_id:
+        raise ValidationRefusedError(
+            f"token {claims['token_id']} is for proposal {claims['proposal_id']}, not {proposal_id}"
+        )
     if claims["device_id"] != device_id:
         raise ValidationRefusedError(f"token is for device {claims['device_id']}, not {device_id}")
     if hash_config(config_lines) != claims["config_hash"]:

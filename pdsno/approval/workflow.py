@@ -160,6 +160,7 @@ class ApprovalWorkflow:
             tokens.verify_and_consume(
                 conn,
                 token,
+                proposal_id=proposal_id,
                 device_id=proposal["device_id"],
                 config_lines=lines,
                 allowed_issuers=self._allowed_issuers(conn, proposal["sensitivity"]),
