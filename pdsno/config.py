@@ -54,6 +54,9 @@ class ApprovalSettings(Section):
     execution_token_ttl_seconds: int = Field(default=600, ge=30)
     auto_approve_low: bool = True
     auto_approve_medium: bool = False
+    # Separation of duties: whoever submitted a MEDIUM or HIGH change may not
+    # approve it (refusals are audited as proposal.decision_refused).
+    separation_of_duties: bool = True
     executor: str = "nib-recorder"
 
 

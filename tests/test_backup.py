@@ -366,7 +366,7 @@ def populated(nib_engine, tmp_path):
 def test_a_backup_restores_to_an_identical_nib(populated, tmp_path, request):
     source, key, _known, before, path, summary = populated
     assert summary.rows == {name: len(rows) for name, rows in before.items()}
-    assert summary.key_version == 1 and summary.schema_revision == "0002"
+    assert summary.key_version == 1 and summary.schema_revision == "0003"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     # The backup itself is in the source's audit trail, after the snapshot.
     last = snapshot(source)["events"][-1]

@@ -92,6 +92,7 @@ class ProposalOut(BaseModel):
     sensitivity_regional: str | None
     sensitivity: str
     status: str
+    submitted_by: str | None = None
     decided_by: str | None
     decision_reason: str | None
     created_at: datetime

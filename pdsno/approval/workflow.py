@@ -117,6 +117,7 @@ class ApprovalWorkflow:
                     region=self._me.region,
                     config_lines=config_lines,
                     config_hash=config_hash(config_lines),
+                    submitted_by=submitted_by,
                     sensitivity_local=classification.sensitivity.value,
                     sensitivity=classification.sensitivity.value,
                     status="pending",
@@ -289,6 +290,40 @@ class ApprovalWorkflow:
         if expected is None:
             raise PermissionDeniedError("operators decide at the regional or global controller")
         token = None
+        try:
+            token, proposal = self._decide(
+                proposal_id, expected, approve, operator, reason, operator_region
+            )
+        except _DutiesNotSeparatedError as refused:
+            # Recorded in a transaction of its own: the decision's rolled back.
+            with self._engine.begin() as conn:
+                audit.append(
+                    conn,
+                    "proposal.decision_refused",
+                    actor=operator,
+                    subject=proposal_id,
+                    region=self._me.region,
+                    payload={"reason": str(refused), "rule": "separation_of_duties"},
+                )
+            raise PermissionDeniedError(str(refused)) from None
+        if token is not None:
+            self._messenger.send(
+                proposal["origin_id"],
+                "proposal.approved",
+                {"proposal_id": proposal_id, "token": token},
+            )
+        return self.get(proposal_id)
+
+    def _decide(
+        self,
+        proposal_id: str,
+        expected: str,
+        approve: bool,
+        operator: str,
+        reason: str | None,
+        operator_region: str | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        token = None
         with self._engine.begin() as conn:
             proposal = _load(conn, proposal_id)
             if proposal["status"] != expected:
@@ -303,18 +338,31 @@ class ApprovalWorkflow:
                     f"{operator} may decide for region {operator_region} only"
                 )
             self._check_not_expired(proposal)
+            if approve:
+                refusal = self._separation_of_duties(proposal, operator)
+                if refusal is not None:
+                    raise _DutiesNotSeparatedError(refusal)
             decider = Decider(operator, "operator")
             if approve:
                 token = self._approve(conn, proposal_id, decider, reason)
             else:
                 self._reject(conn, proposal, decider, reason)
-        if token is not None:
-            self._messenger.send(
-                proposal["origin_id"],
-                "proposal.approved",
-                {"proposal_id": proposal_id, "token": token},
-            )
-        return self.get(proposal_id)
+        return token, proposal
+
+    def _separation_of_duties(self, proposal: dict[str, Any], operator: str) -> str | None:
+        """Why `operator` may not approve `proposal`, or None: nobody approves their own
+        MEDIUM or HIGH change while approval.separation_of_duties is on."""
+        if not self._settings.separation_of_duties:
+            return None
+        if proposal["sensitivity"] == Sensitivity.LOW:
+            return None
+        if proposal.get("submitted_by") != operator:
+            return None
+        return (
+            f"separation of duties: {operator} submitted proposal {proposal['proposal_id']} "
+            f"({proposal['sensitivity']}) and may not approve it; another approver must "
+            "(approval.separation_of_duties)"
+        )
 
     # ---- housekeeping --------------------------------------------------
     def expire_stale(self) -> int:
@@ -441,6 +489,10 @@ class ApprovalWorkflow:
         if root is None:
             raise NotFoundError("no active global controller in the NIB")
         return root
+
+
+class _DutiesNotSeparatedError(Exception):
+    """Raised inside a decision's transaction, so that nothing of it commits."""
 
 
 def _load(conn: Connection, proposal_id: str) -> dict[str, Any]:

@@ -138,6 +138,8 @@ config_proposals = Table(
     Column("status", String(24), nullable=False, index=True),
     Column("decided_by", String(128)),
     Column("decision_reason", Text),
+    # Who proposed it (a user's or an API key's name): never its approver.
+    Column("submitted_by", String(128)),
     Column("created_at", UTC_TIME, nullable=False),
     Column("expires_at", UTC_TIME, nullable=False),
     Column("updated_at", UTC_TIME, nullable=False),
