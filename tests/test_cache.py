@@ -42,3 +42,25 @@ def test_size_stays_bounded_evicting_the_least_recently_used():
     assert len(cache) == 3
     assert cache.get_or_load("a", lambda: 99) == 0, "a stayed cached"
     assert cache.get_or_load("b", lambda: 42) == 42, "b was evicted"
+
+
+def test_a_value_loaded_before_a_clear_is_returned_but_not_stored():
+    cache: TTLCache[str] = TTLCache(ttl_seconds=60)
+
+    def load_then_revoked() -> str:
+        cache.clear()  # the revocation commits while this read is under way
+        return "stale"
+
+    assert cache.get_or_load("a", load_then_revoked) == "stale"
+    assert cache.get_or_load("a", lambda: "fresh") == "fresh"
+
+
+def test_a_value_loaded_before_an_invalidation_is_not_stored():
+    cache: TTLCache[str] = TTLCache(ttl_seconds=60)
+
+    def load_then_invalidated() -> str:
+        cache.invalidate("a")
+        return "stale"
+
+    assert cache.get_or_load("a", load_then_invalidated) == "stale"
+    assert cache.get_or_load("a", lambda: "fresh") == "fresh"

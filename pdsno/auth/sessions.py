@@ -3,8 +3,9 @@
 A session ends at `expires_at` (at most `auth.session_ttl_seconds`, itself at
 most 8 h, after login; never extended), when it is revoked (logout, an
 admin, a password change, disabling the user), or when its user is disabled.
-The user's role and region are read at every request, so a change applies
-to open sessions at once.
+The user's role and region are read with the session, at most
+`auth.cache_seconds` apart (pdsno.api.deps caches a verified session), so a
+change applies to open sessions within that time.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Controllers share the NIB, so a write made by another process reaches this
 cache only when the entry expires: the TTL bounds that staleness (a couple
 of seconds by default). Writes made through this process invalidate at once.
+
+An invalidation wins over a read that was under way when it happened: every
+invalidate() and clear() advances a generation counter, and a value loaded
+under an older generation is returned to its caller but never stored. So a
+logout (or any revocation) made here is never undone by a request that read
+the session just before it committed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class TTLCache(Generic[V]):
         self._ttl = ttl_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        self._generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -41,8 +48,11 @@ class TTLCache(Generic[V]):
                 self.hits += 1
                 return entry[1]
             self.misses += 1
+            generation = self._generation
         value = load()  # outside the lock: a slow read must not block other keys
         with self._lock:
+            if generation != self._generation:
+                return value  # invalidated while loading: may predate the change
             self._entries[key] = (now + self._ttl, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
@@ -51,10 +61,12 @@ class TTLCache(Generic[V]):
 
     def invalidate(self, key: str) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.clear()
 
     def __len__(self) -> int:

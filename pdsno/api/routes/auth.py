@@ -132,6 +132,7 @@ def revoke_user_sessions(
 
 def _forget_verified_credentials(ctx: ControllerContext) -> None:
     """A revocation made here takes effect here at once (elsewhere within
-    auth.cache_seconds)."""
+    auth.cache_seconds): clearing advances the cache's generation, so a request
+    that read the credential before the revocation committed cannot store it."""
     if ctx.auth_cache is not None:
         ctx.auth_cache.clear()
