@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Column, Table, select
 
+from pdsno.api.middleware.ratelimit import charge_verified_identity, identity_key
 from pdsno.auth import api_keys, sessions
 from pdsno.auth.principal import Principal
 from pdsno.clock import utcnow
@@ -85,6 +86,11 @@ def authenticate(
         raise _unauthenticated(str(error)) from None
     if principal.expires_at is not None and principal.expires_at <= utcnow():
         raise _unauthenticated("session expired: log in again")
+    # Only now, verified, does the credential's own rate-limit bucket pay.
+    charge_verified_identity(
+        request,
+        identity_key(principal.kind, principal.session_hash or principal.subject_id or ""),
+    )
     return principal
 
 

@@ -36,7 +36,7 @@ CONTROLLER_TYPES = ("global", "regional", "local")
 # Proposals waiting for someone (an approver, the executor); mirrors
 # pdsno.approval.workflow.OPEN_STATES (a test keeps them equal).
 WAITING_STATES = ("pending", "awaiting_regional", "awaiting_global", "approved")
-LIMIT_CLASSES = ("default", "login", "concurrency")
+LIMIT_CLASSES = ("default", "login", "identity", "concurrency")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REFRESH_SECONDS = 15.0
 STATEMENT_TIMEOUT_MS = 5000

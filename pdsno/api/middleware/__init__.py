@@ -59,7 +59,7 @@ def install(
     """Wrap `app` in the middleware stack of `surface` ("api" or "peer"), and
     add the /health routes. `clock` drives the rate limiter (tests inject one).
 
-    The rate limiters are app.state.rate_limiters ({"default", "login"}).
+    The rate limiters are app.state.rate_limiters ({"default", "login", "identity"}).
     ctx.metrics (a pdsno.observability.metrics.Metrics), when present,
     receives the HTTP and rate-limit metrics.
     """
@@ -80,6 +80,10 @@ def install(
             limits.login_burst,
             limits.max_tracked_clients,
             clock=clock,
+        ),
+        # Charged per verified API key or session (pdsno.api.deps.authenticate).
+        "identity": TokenBucketLimiter(
+            limits.rate_per_second, limits.burst, limits.max_tracked_clients, clock=clock
         ),
     }
     app.state.rate_limiters = limiters
@@ -103,7 +107,12 @@ def install(
         stack.append(
             (
                 RateLimitMiddleware,
-                {"default": limiters["default"], "login": limiters["login"], "metrics": metrics},
+                {
+                    "default": limiters["default"],
+                    "login": limiters["login"],
+                    "identity": limiters["identity"],
+                    "metrics": metrics,
+                },
             )
         )
     stack += [

@@ -1,41 +1,43 @@
-"""Token buckets per client identity, in bounded memory.
+"""Token buckets per client address and per verified identity, in bounded memory.
 
-A client is its API key ID (read from `X-API-Key: pdsno_<id>_...` without
-checking the key: authentication happens later, and costs a NIB query that
-the limit is there to protect), else its session token (hashed), else its IP
-address (an IPv6 client by its /64, which one host usually holds whole). The
-login route has a stricter class of its own, keyed by IP address only.
+Every request is charged to its client address (an IPv6 client by its /64,
+which one host usually holds whole), before anything else happens: what a
+request presents costs nothing to invent, so it cannot choose its bucket. A
+random `X-API-Key` on each request gets no fresh burst, and a known key ID
+presented from another address drains that address's bucket, not the key's.
+
+Once a credential is verified (pdsno.api.deps.authenticate), the request is
+charged to that identity too: an API key by its ID, a session by its token
+hash. So one key or session shared by many addresses still gets `burst` and
+`rate_per_second` in all, and nobody without the credential can spend them.
+The login route has a stricter class of its own, keyed by address only.
 
 Memory: at most `max_tracked_clients` buckets per class, in least recently
-used order; a new client beyond that evicts the least recently seen one.
-Trade-off: an evicted client that comes back starts with a full bucket, so
-a client that cycles through more identities than the table holds gets
-`burst` requests per identity. Identities are cheap only for IP-less
-attackers forging API key IDs and bearer tokens; those requests then fail
-authentication (and feed the login lockout), and `max_concurrent_requests`
-still caps the load. Raising max_tracked_clients costs about 200 bytes a
-client.
+used order; a new client beyond that evicts the least recently seen one. An
+evicted client that comes back starts with a full bucket, so a client that
+cycles through more addresses than the table holds gets `burst` requests per
+address; `max_concurrent_requests` still caps the load. Raising
+max_tracked_clients costs about 200 bytes a client.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from fastapi import HTTPException, Request, status
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdsno.api.middleware._asgi import send_json
 from pdsno.observability.metrics import Metrics
 
 LOGIN_PATH = "/api/v1/auth/login"
-API_KEY = re.compile(rb"pdsno_([0-9a-f]{16})_")
-MAX_BEARER_LENGTH = 512
+# Where the middleware leaves the identity limiter for authenticate() (scope["state"]).
+IDENTITY_LIMITER = "pdsno_identity_limiter"
 
 
 class TokenBucketLimiter:
@@ -103,23 +105,36 @@ def ip_key(scope: Scope) -> str:
 
 
 def client_key(scope: Scope) -> str:
-    """The identity a request is limited as: API key ID, session, or IP address."""
-    api_key = authorization = None
-    for key, value in scope["headers"]:
-        if key == b"x-api-key":
-            api_key = value
-        elif key == b"authorization":
-            authorization = value
-    if api_key is not None:
-        match = API_KEY.match(api_key)
-        if match:
-            return f"key:{match.group(1).decode()}"
-    if authorization is not None:
-        scheme, _, token = authorization.partition(b" ")
-        token = token.strip()
-        if scheme.lower() == b"bearer" and 0 < len(token) <= MAX_BEARER_LENGTH:
-            return f"session:{hashlib.sha256(token).hexdigest()[:32]}"
+    """The bucket every request is charged to first: its client address.
+
+    Credentials are not looked at here: they are unverified, and choosing a
+    bucket by them let a forged key ID get a fresh burst or drain a real one.
+    """
     return ip_key(scope)
+
+
+def identity_key(kind: str, subject: str) -> str:
+    """The bucket of a verified credential: `api_key:<key id>`, `session:<token hash>`."""
+    return f"{kind}:{subject}"
+
+
+def charge_verified_identity(request: Request, key: str) -> None:
+    """Charge a verified credential's own bucket; 429 with Retry-After when empty.
+
+    Called by authenticate() after the credential checked out, so only its
+    holder spends it. Does nothing when the rate limiter is off.
+    """
+    charge = request.scope.get("state", {}).get(IDENTITY_LIMITER)
+    if charge is None:
+        return
+    wait = charge(key)
+    if wait:
+        seconds = retry_after(wait)
+        raise HTTPException(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many requests: retry after {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
 
 
 def retry_after(wait: float) -> int:
@@ -136,11 +151,13 @@ class RateLimitMiddleware:
         *,
         default: TokenBucketLimiter,
         login: TokenBucketLimiter,
+        identity: TokenBucketLimiter | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.default = default
         self.login = login
+        self.identity = identity
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -152,6 +169,8 @@ class RateLimitMiddleware:
         else:
             limit_class, wait = "default", self.default.acquire(client_key(scope))
         if not wait:
+            if self.identity is not None:
+                scope.setdefault("state", {})[IDENTITY_LIMITER] = self._charge_identity
             await self.app(scope, receive, send)
             return
         if self.metrics is not None:
@@ -163,3 +182,10 @@ class RateLimitMiddleware:
             {"detail": f"too many requests: retry after {seconds} s"},
             [(b"retry-after", str(seconds).encode())],
         )
+
+    def _charge_identity(self, key: str) -> float:
+        assert self.identity is not None
+        wait = self.identity.acquire(key)
+        if wait and self.metrics is not None:
+            self.metrics.count_rate_limited("identity")
+        return wait
