@@ -139,3 +139,135 @@ def test_each_protected_route_refuses_before_any_lookup(api):
             checked += 1
     assert not failures, "\n".join(failures)
     assert checked >= 15
+
+
+# --- region scoping: every route tried by a principal of another region --------------
+
+OTHER_REGION = "far-away"
+
+
+def region_rule_of(dependant: Dependant) -> str | None:
+    for dependency in dependant.dependencies:
+        rule = getattr(dependency.call, "region_rule", None)
+        if rule is not None:
+            return rule
+        found = region_rule_of(dependency)
+        if found is not None:
+            return found
+    return None
+
+
+def regional_resources(api: Api) -> dict[str, str]:
+    """A controller, a device, a proposal, a user and audit events of nib_rows.REGION."""
+    from nib_rows import REGION, add_controller, add_device, add_proposal
+
+    from pdsno import audit
+
+    with api.engine.begin() as conn:
+        add_controller(conn, "rc-walk-1", controller_type="regional")
+        add_device(conn, "sw-walk-1")
+        proposal_id = add_proposal(
+            conn, "sw-walk-1", ["vlan 5"], origin_id="rc-walk-1", sensitivity="medium"
+        )
+        audit.append(conn, "auth.login_failed", actor="x", region=REGION, payload={"client": "ip"})
+    api.user("walk-user", "operator", region=REGION)
+    return {
+        "region": REGION,
+        "device_id": "sw-walk-1",
+        "proposal_id": proposal_id,
+        "controller_id": "rc-walk-1",
+        "username": "walk-user",
+    }
+
+
+def bodies(resources: dict[str, str]) -> dict[str, dict]:
+    """Valid bodies per route name, so that the region check, not validation, answers."""
+    return {
+        "create_device": {"device_id": "sw-new", "name": "n", "region": resources["region"]},
+        "update_device": {"version": 1, "name": "renamed"},
+        "submit_proposal": {"device_id": resources["device_id"], "config_lines": ["vlan 9"]},
+        "approve_proposal": {"reason": "walk"},
+        "reject_proposal": {"reason": "walk"},
+        "execute_proposal": {
+            "token": dict.fromkeys(
+                (
+                    "token_id",
+                    "proposal_id",
+                    "device_id",
+                    "config_hash",
+                    "issuer_id",
+                    "issued_at",
+                    "expires_at",
+                    "signature",
+                ),
+                "x",
+            ),
+            "config_lines": ["vlan 5"],
+        },
+        "publish_policy": {"policy_id": "walk-policy", "body": {"k": 1}},
+    }
+
+
+def leaked(items: Any, region: str) -> list[Any]:
+    """Items of an answer (a list, or one resource) of another region than `region`."""
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list):
+        return []
+    return [
+        item
+        for item in items
+        if isinstance(item, dict)
+        and "region" in item
+        and item["region"] != region
+        and item.get("scope") != "global"  # global policies apply in every region
+    ]
+
+
+def test_every_route_refuses_a_principal_of_another_region(api):
+    """docs/controller.md: a principal bound to a region sees and changes only that
+    region. Each route is called with the resources of one region by an admin (who
+    holds every permission) bound to another: it must refuse (403), or, for a list,
+    answer only the caller's region."""
+    resources = regional_resources(api)
+    body_of = bodies(resources)
+    outsider = api.key("admin", region=OTHER_REGION)
+    checked, failures, undeclared = 0, [], []
+    for route, _ in protected_routes(api):
+        rule = region_rule_of(route.dependant)
+        if rule is None:
+            undeclared.append(route.path)
+        path = re.sub(
+            r"\{(\w+)(:\w+)?\}", lambda m: resources.get(m[1], f"dummy-{m[1]}"), route.path
+        )
+        for method in sorted(route.methods - IGNORED_METHODS):
+            response = api.client.request(
+                method, path, headers=outsider, json=body_of.get(route.name)
+            )
+            checked += 1
+            status = response.status_code
+            if rule == "own":
+                continue  # the caller's own identity or session: no other region's
+            if status == 403:
+                continue
+            if method == "GET" and status == 200:
+                if leaked(response.json(), OTHER_REGION):
+                    failures.append(f"GET {path} shows another region's: {response.text[:300]}")
+                continue
+            failures.append(f"{method} {path} as {OTHER_REGION}: {status} {response.text[:200]}")
+    assert not failures, "\n".join(failures)
+    assert not undeclared, f"routes without a region rule: {undeclared}"
+    assert checked >= 15
+
+
+def test_a_bound_principal_lists_its_own_region(api):
+    """The filter is the caller's region, not nothing: its own rows are listed."""
+    resources = regional_resources(api)
+    insider = api.key("admin", region=resources["region"])
+    controllers = api.client.get("/api/v1/controllers", headers=insider).json()
+    assert [row["controller_id"] for row in controllers] == ["rc-walk-1"]
+    seen = api.client.get("/api/v1/events", headers=insider).json()
+    assert seen and {event["region"] for event in seen} == {resources["region"]}
+    assert api.client.get("/api/v1/controllers/rc-walk-1", headers=insider).status_code == 200
+    gc = api.ctx.identity.controller_id
+    assert api.client.get(f"/api/v1/controllers/{gc}", headers=insider).status_code == 403

@@ -22,7 +22,7 @@ from pdsno.clock import utcnow
 from pdsno.context import ControllerContext
 from pdsno.errors import AuthenticationError, PermissionDeniedError
 from pdsno.nib.cache import TTLCache
-from pdsno.nib.schema import config_proposals, devices
+from pdsno.nib.schema import config_proposals, controllers, devices, users
 from pdsno.security.keys import sha256_hex
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="pdsno_<id>_<secret>")
@@ -31,11 +31,26 @@ BEARER = HTTPBearer(
 )
 
 # Path parameters that name a resource with a region: a principal bound to a
-# region is refused another region's resource before the handler runs.
+# region is refused another region's resource before the handler runs (a
+# resource of no region, such as the global controller, is no region's).
 REGION_OF_PATH_PARAMETER: dict[str, tuple[Table, Column]] = {
     "device_id": (devices, devices.c.device_id),
     "proposal_id": (config_proposals, config_proposals.c.proposal_id),
+    "controller_id": (controllers, controllers.c.controller_id),
+    "username": (users, users.c.username),
 }
+
+# How a route meets the contract "a principal bound to a region sees and
+# changes only that region" (docs/controller.md), declared with require():
+#   "request":    the `region` query parameter and the resources named by the
+#                 path (REGION_OF_PATH_PARAMETER) are checked; a list route
+#                 also filters by the principal's region (region_scope);
+#   "controller": the route acts as this controller (publishes, submits), so
+#                 the controller's own region is checked as well;
+#   "own":        the route reaches only the caller's own identity or session.
+# tests/test_route_permissions.py calls every route as a principal of
+# another region and fails for one that lets it through.
+REGION_RULES = ("request", "controller", "own")
 
 
 def context(request: Request) -> ControllerContext:
@@ -107,26 +122,35 @@ def _auth_cache(ctx: ControllerContext) -> TTLCache[Principal] | None:
 Authenticated = Annotated[Principal, Depends(authenticate)]
 
 
-def require(permission: str) -> Callable[..., Principal]:
+def require(permission: str, *, region: str = "request") -> Callable[..., Principal]:
     """A dependency that lets through only callers holding `permission`.
 
     401 without valid credentials; 403 naming the permission when the role
     (or an API key's scopes) lacks it; 403 when a principal bound to a region
     asks for another region, by the `region` query parameter or by a path
-    parameter naming a device or a proposal of another region.
+    parameter naming a device, proposal, controller or user of another region,
+    or (`region="controller"`) calls a controller of another region.
 
     A permission missing from pdsno.auth.permissions.PERMISSIONS is nobody's
     (deny by default); the route audit test names such a route.
     """
 
+    if region not in REGION_RULES:
+        raise ValueError(f"unknown region rule {region!r}: one of {', '.join(REGION_RULES)}")
+
     def check(request: Request, principal: Authenticated, ctx: Context) -> Principal:
         if not principal.may(permission):
             raise PermissionDeniedError(principal.why_not(permission))
-        if principal.region is not None:
+        if principal.region is not None and region != "own":
             _check_request_region(request, principal, ctx)
+            if region == "controller":
+                principal.check_region(
+                    ctx.identity.region, f"controller {ctx.identity.controller_id}"
+                )
         return principal
 
     check.permission = permission  # type: ignore[attr-defined]  # read by the route audit test
+    check.region_rule = region  # type: ignore[attr-defined]  # read by the route audit test
     return check
 
 
@@ -144,10 +168,10 @@ def _check_request_region(request: Request, principal: Principal, ctx: Controlle
     with ctx.engine.connect() as conn:
         for name, table, key in lookups:
             value = request.path_params[name]
-            region = conn.execute(select(table.c.region).where(key == value)).scalar_one_or_none()
-            # A missing resource is the handler's 404.
-            if region is not None:
-                principal.check_region(region, f"{name.removesuffix('_id')} {value}")
+            row = conn.execute(select(table.c.region).where(key == value)).first()
+            # A missing resource is the handler's 404; one of no region is refused.
+            if row is not None:
+                principal.check_region(row.region, f"{name.removesuffix('_id')} {value}")
 
 
 def region_scope(principal: Principal, requested: str | None) -> str | None:

@@ -82,7 +82,7 @@ def login(body: LoginIn, request: Request, response: Response, ctx: Context) -> 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 def logout(
-    ctx: Context, principal: Annotated[Principal, Depends(require("self:logout"))]
+    ctx: Context, principal: Annotated[Principal, Depends(require("self:logout", region="own"))]
 ) -> Response:
     """End the caller's own session."""
     if principal.session_hash is None:
@@ -103,7 +103,7 @@ def logout(
 
 
 @router.get("/me", response_model=MeOut)
-def me(principal: Annotated[Principal, Depends(require("self:read"))]) -> dict:
+def me(principal: Annotated[Principal, Depends(require("self:read", region="own"))]) -> dict:
     return {
         "name": principal.name,
         "kind": principal.kind,

@@ -1,4 +1,9 @@
-"""Controllers, policies and the audit trail: what the hierarchy knows of itself."""
+"""Controllers, policies and the audit trail: what the hierarchy knows of itself.
+
+A principal bound to a region sees that region's controllers and events only,
+the policies that apply to it (global ones and its region's), and publishes a
+policy only at a controller of its region (pdsno.api.deps.require).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, status
 from sqlalchemy import select
 
 from pdsno import policies
-from pdsno.api.deps import Context, require
+from pdsno.api.deps import Context, region_scope, require
 from pdsno.api.models import ControllerOut, EventOut, PolicyIn, PolicyOut
 from pdsno.auth.api_keys import Principal
 from pdsno.errors import NotFoundError
@@ -20,11 +25,14 @@ router = APIRouter()
 
 @router.get("/controllers", response_model=list[ControllerOut], tags=["controllers"])
 def list_controllers(
-    ctx: Context, _: Annotated[Principal, Depends(require("controllers:read"))]
+    ctx: Context, principal: Annotated[Principal, Depends(require("controllers:read"))]
 ) -> list[dict]:
+    query = select(controllers).order_by(controllers.c.seq)
+    region = region_scope(principal, None)
+    if region is not None:
+        query = query.where(controllers.c.region == region)
     with ctx.engine.connect() as conn:
-        rows = conn.execute(select(controllers).order_by(controllers.c.seq))
-        return [dict(row._mapping) for row in rows]
+        return [dict(row._mapping) for row in conn.execute(query)]
 
 
 @router.get("/controllers/{controller_id}", response_model=ControllerOut, tags=["controllers"])
@@ -42,17 +50,21 @@ def get_controller(
 
 @router.get("/policies", response_model=list[PolicyOut], tags=["policies"])
 def list_policies(
-    ctx: Context, _: Annotated[Principal, Depends(require("policies:read"))]
+    ctx: Context, principal: Annotated[Principal, Depends(require("policies:read"))]
 ) -> list[dict]:
+    """The policies in force for the caller: global ones and its region's (an unbound
+    caller: this controller's region's, or all of them at the global controller)."""
     with ctx.engine.connect() as conn:
-        return policies.list_policies(conn, region=ctx.identity.region)
+        return policies.list_policies(conn, region=principal.region or ctx.identity.region)
 
 
 @router.post(
     "/policies", response_model=PolicyOut, status_code=status.HTTP_201_CREATED, tags=["policies"]
 )
 def publish_policy(
-    body: PolicyIn, ctx: Context, _: Annotated[Principal, Depends(require("policies:publish"))]
+    body: PolicyIn,
+    ctx: Context,
+    _: Annotated[Principal, Depends(require("policies:publish", region="controller"))],
 ) -> dict:
     with ctx.engine.begin() as conn:
         published = policies.publish(
@@ -68,7 +80,7 @@ def publish_policy(
 @router.get("/events", response_model=list[EventOut], tags=["events"])
 def list_events(
     ctx: Context,
-    _: Annotated[Principal, Depends(require("events:read"))],
+    principal: Annotated[Principal, Depends(require("events:read"))],
     after_seq: Annotated[int, Query(ge=0)] = 0,
     event_type: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -76,5 +88,8 @@ def list_events(
     query = select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
     if event_type:
         query = query.where(events.c.event_type == event_type)
+    region = region_scope(principal, None)
+    if region is not None:
+        query = query.where(events.c.region == region)
     with ctx.engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
