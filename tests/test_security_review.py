@@ -303,3 +303,42 @@ def test_anchored_names_refuse_a_trailing_line_break():
     with pytest.raises(PdsnoError, match="invalid username"):
         users.check_username("alice\n")
     assert not secret_store.SECRET_ID.fullmatch("db/password\n")
+
+
+@pytest.mark.parametrize(
+    ("url", "require_https", "hosts", "refused"),
+    [
+        ("https://rc-one.example:8002", True, None, None),
+        ("https://rc-one.example:8002/", True, ["rc-one.example"], None),
+        ("https://10.0.0.5:8002", True, ["rc-one.example", "10.0.0.5"], None),
+        ("http://rc-one.example:8002", False, None, None),
+        ("http://rc-one.example:8002", True, None, "must be https"),
+        ("gopher://rc-one.example", True, None, "must be https"),
+        ("https://a:b@rc-one.example", True, None, "no user or password"),
+        ("https://rc-one.example/admin?x=1", True, None, "no path or query"),
+        ("https://:8002", True, None, "no host"),
+        ("https://rc-one.example:99999", True, None, "not a valid URL"),
+        ("https://169.254.169.254:8002", True, ["rc-one.example"], "not a name of"),
+    ],
+)
+def test_join_urls(url, require_https, hosts, refused):
+    if refused is None:
+        bootstrap.check_join_url(url, require_https=require_https, certificate_hosts=hosts)
+        return
+    with pytest.raises(ValidationRefusedError, match=refused):
+        bootstrap.check_join_url(url, require_https=require_https, certificate_hosts=hosts)
+
+
+def test_the_names_of_the_joiners_certificate_come_from_the_asgi_tls_extension():
+    from fastapi import Request
+    from tlsutil import CertificateAuthority
+
+    from pdsno.api.routes.hierarchy import _client_certificate_hosts
+
+    issued = CertificateAuthority.create().issue("rc-one", hosts=("rc-one.example", "10.0.0.5"))
+    scope = {
+        "type": "http",
+        "extensions": {"tls": {"client_cert_chain": [issued.cert_pem.decode()]}},
+    }
+    assert sorted(_client_certificate_hosts(Request(scope))) == ["10.0.0.5", "rc-one.example"]
+    assert _client_certificate_hosts(Request({"type": "http"})) is None

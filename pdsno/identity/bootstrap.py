@@ -11,16 +11,28 @@ one, in two requests:
    consumes the challenge, allocates a controller ID that is never reused,
    stores the controller row and its audit event, and signs a credential.
 
+The child's `url` (its peer listener, where the parent later POSTs signed
+envelopes and execution tokens) is part of what the child signs, and must be
+a plain `https://host[:port]` URL: no credentials, path, query or fragment,
+and never `http://` while TLS is on. The parent reaches it only through its
+TLS client context (the PDSNO CA, host name checked), so a URL naming a host
+without a PDSNO certificate for that name fails before a byte is sent. When
+the server hands the joiner's client certificate to the app (the ASGI `tls`
+extension), the URL's host must also be one of that certificate's names.
+
 Every refusal raises ValidationRefusedError with the reason; callers record
 it in the audit trail in a transaction of its own.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -88,14 +100,65 @@ class JoinRequest:
 
 
 def challenge_claims(nonce: str, request: JoinRequest) -> dict[str, Any]:
-    """What the child signs to prove it holds the private key of `public_key`."""
+    """What the child signs to prove it holds the private key of `public_key`: every
+    field the parent stores and acts on, the URL it will send messages to among them."""
     return {
         "nonce": nonce,
         "controller_type": request.controller_type.value,
         "region": request.region,
         "name": request.name,
         "public_key": request.public_key,
+        "url": request.url,
     }
+
+
+def check_join_url(
+    url: str | None, *, require_https: bool, certificate_hosts: Collection[str] | None = None
+) -> None:
+    """Refuse a peer URL the parent must not send to (ValidationRefusedError naming `url`).
+
+    `certificate_hosts`: the DNS names and IP addresses of the joiner's client
+    certificate, when the server makes it known; the URL's host must be one.
+    """
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ValidationRefusedError(f"url {url!r} is not a valid URL: {error}") from None
+    allowed = ("https",) if require_https else ("https", "http")
+    if parts.scheme not in allowed:
+        raise ValidationRefusedError(
+            f"url {url!r}: the peer listener must be https://host:port"
+            + ("" if require_https else " (or http:// while TLS is off)")
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValidationRefusedError(f"url {url!r}: no user or password in a peer URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValidationRefusedError(
+            f"url {url!r}: a peer URL is scheme, host and port only, no path or query"
+        )
+    host = parts.hostname
+    if not host:
+        raise ValidationRefusedError(f"url {url!r}: no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValidationRefusedError(f"url {url!r}: port out of range")
+    if certificate_hosts is not None and _normal_host(host) not in {
+        _normal_host(name) for name in certificate_hosts
+    }:
+        names = ", ".join(sorted(certificate_hosts)) or "none"
+        raise ValidationRefusedError(
+            f"url {url!r}: host {host} is not a name of the joining controller's "
+            f"certificate ({names})"
+        )
+
+
+def _normal_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host.lower().rstrip(".")
 
 
 def _check_token(row: Any, request: JoinRequest) -> None:
@@ -116,8 +179,16 @@ def _check_token(row: Any, request: JoinRequest) -> None:
         )
 
 
-def open_challenge(conn: Connection, request: JoinRequest, *, parent: Identity) -> tuple[str, Any]:
-    """Check the token and the hierarchy, then hand out a nonce to sign."""
+def open_challenge(
+    conn: Connection,
+    request: JoinRequest,
+    *,
+    parent: Identity,
+    require_https: bool = True,
+    certificate_hosts: Collection[str] | None = None,
+) -> tuple[str, Any]:
+    """Check the token, the hierarchy and the URL, then hand out a nonce to sign."""
+    check_join_url(request.url, require_https=require_https, certificate_hosts=certificate_hosts)
     expected_child = {"global": "regional", "regional": "local"}.get(parent.controller_type)
     if request.controller_type.value != expected_child:
         raise ValidationRefusedError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from pdsno import audit
 from pdsno.api.deps import Context
@@ -49,8 +49,27 @@ def _count_validation(ctx: ControllerContext, controller_type: str, result: str)
         ctx.metrics.count_validation(controller_type, result)
 
 
+def _client_certificate_hosts(http_request: Request) -> list[str] | None:
+    """The names of the client's certificate, when the server passes it on (the ASGI
+    `tls` extension); None when it does not (uvicorn does not)."""
+    tls = http_request.scope.get("extensions", {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        return None
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(chain[0].encode())
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [*names.get_values_for_type(x509.DNSName)] + [
+        str(address) for address in names.get_values_for_type(x509.IPAddress)
+    ]
+
+
 @router.post("/validation/challenge", response_model=ChallengeOut)
-def open_challenge(body: ChallengeIn, ctx: Context) -> dict:
+def open_challenge(body: ChallengeIn, ctx: Context, http_request: Request) -> dict:
     request = bootstrap.JoinRequest(
         token=body.token,
         controller_type=ControllerType(body.controller_type),
@@ -61,7 +80,14 @@ def open_challenge(body: ChallengeIn, ctx: Context) -> dict:
     )
     try:
         with ctx.engine.begin() as conn:
-            nonce, expires_at = bootstrap.open_challenge(conn, request, parent=ctx.identity)
+            nonce, expires_at = bootstrap.open_challenge(
+                conn,
+                request,
+                parent=ctx.identity,
+                # Plain http only in the insecure development mode (TLS off).
+                require_https=ctx.settings.tls.enabled,
+                certificate_hosts=_client_certificate_hosts(http_request),
+            )
     except PdsnoError as error:
         _audit_refusal(
             ctx,
