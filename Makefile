@@ -20,7 +20,7 @@ APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap openssh-c
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean bench
+.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean bench audit
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -77,6 +77,13 @@ molecule: lab-image ## Every molecule scenario, one after the other (SCENARIOS=b
 
 clean: lab-down ## Remove the lab, the virtualenv and the caches (the image stays)
 	rm -rf $(VENV) $(LAB_STATE) .cache reports .pytest_cache .ruff_cache
+
+# Lock files to audit besides requirements-dev.txt and the package's own
+# dependencies: `make audit AUDIT_LOCKS=roles/pdsno_controller/files/requirements.lock`.
+AUDIT_LOCKS ?=
+AUDIT_SERVICE ?= pypi
+audit: deps ## pip-audit: exit 1 vulnerable, 3 vulnerability database unreachable (not audited)
+	python tools/dependency_audit.py --service $(AUDIT_SERVICE) --package . requirements-dev.txt $(AUDIT_LOCKS)
 
 bench: deps ## API benchmark: pdsno vs a bare uvicorn TLS app, with and without the rate limiter
 	python bench/api_tls_bench.py

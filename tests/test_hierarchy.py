@@ -197,7 +197,7 @@ def join_attempt(stack, token: str, *, region: str = REGION, sign_with: SigningK
     if challenge.status_code != 200:
         return challenge.status_code, challenge.json()["detail"]
     nonce = challenge.json()["nonce"]
-    signature = (sign_with or key).sign({"nonce": nonce, **claims})
+    signature = (sign_with or key).sign({"nonce": nonce, **claims, "url": None})
     registered = gc_api.post("/validation/register", json={"nonce": nonce, "signature": signature})
     return registered.status_code, registered.json().get("detail") or registered.json()
 

@@ -23,6 +23,15 @@ for check in "ruff check ." "ruff format --check ." "yamllint --strict ." "ansib
   record "$check" $?
 done
 
+echo "=== dependency audit (pip-audit)"
+python3 tools/dependency_audit.py --package . requirements-dev.txt ${AUDIT_LOCKS:-}
+rc=$?
+if [ "$rc" -eq 3 ]; then
+  echo "=== dependency audit NOT DONE: vulnerability database unreachable (exit 3); not counted"
+else
+  record "dependency audit" "$rc"
+fi
+
 echo "=== pytest"
 junit=$(mktemp)
 pytest --junitxml="$junit"
