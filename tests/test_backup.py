@@ -440,7 +440,7 @@ def test_the_backup_holds_no_plaintext(populated):
     assert key.hex().encode() not in content and key not in content
     header = json.loads(content[12 : 12 + struct.unpack(">I", content[8:12])[0]])
     assert header["key"]["fingerprint"] and header["key"]["key_version"] == 1
-    assert header["cipher"] == "AES-256-GCM" and header["schema_revision"] == "0002"
+    assert header["cipher"] == "AES-256-GCM" and header["schema_revision"] == "0003"
 
 
 def test_a_backup_never_overwrites_a_file(nib_engine, tmp_path):
