@@ -293,14 +293,17 @@ def test_a_high_statement_hidden_anywhere_never_yields_low() -> None:
     from hypothesis import HealthCheck, given, settings
 
     shipped = RuleClassifier.default()
+    tried: list[int] = []
 
     @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_proposals())
     def check(lines: list[str]) -> None:
+        tried.append(1)
         rating = shipped.classify(lines).sensitivity
         assert rating is not LOW, lines
 
     check()
+    assert len(tried) >= 500, f"only {len(tried)} examples ran"
 
 
 @pytest.mark.parametrize("separator", SEPARATORS)
