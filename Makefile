@@ -9,13 +9,18 @@ LAB_STATE := $(CURDIR)/.lab
 LAB_IMAGE := localhost/pdsno-lab-debian12:latest
 LAB_INVENTORY ?= inventories/lab
 # Scenarios to test; `make molecule SCENARIOS=base` runs one.
-SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# netavark and aardvark-dns: podman's network backend, with DNS between lab hosts;
-# netavark runs iptables to set up the network (--no-install-recommends leaves it out).
-# prometheus: promtool checks the alerting rules.
+SCENARIOS ?= $(filter-out default,$(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
+# Every program the two commands run, including what only a Recommends would
+# bring (apt-get runs with --no-install-recommends); tests/test_fresh_machine.py
+# checks this list against the programs, for a fresh Debian 12 or 13.
+# podman, runc: the lab's containers (runc: crun fails under hybrid cgroups).
+# netavark, aardvark-dns: podman's network backend, with DNS between lab hosts;
+# netavark runs iptables, or nft with the nftables driver newer builds default to.
+# debootstrap, gpgv, debian-archive-keyring: the lab image, signature checked.
+# openssh-client: Ansible's connection; python3-venv: the tools' virtualenv.
 # postgresql, mosquitto: real servers for the tests; prometheus: promtool for the
 # alert rules; wrk: the load generator of make bench.
-APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
+APT_PACKAGES := podman runc netavark aardvark-dns iptables nftables debootstrap gpgv debian-archive-keyring openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
