@@ -44,14 +44,51 @@ PY
 fi
 rm -f "$junit"
 
-for scenario in ${SCENARIOS:-$(ls molecule/*/molecule.yml | cut -d/ -f2)}; do
+# Molecule scenarios, MOLECULE_JOBS at a time (their container and network
+# names never collide). Each scenario's output goes to its own log, printed
+# whole when it ends, so parallel runs stay readable. `default` is molecule's
+# anchor scenario (molecule/default/molecule.yml): it tests nothing.
+scenarios=${SCENARIOS:-$(ls molecule/*/molecule.yml | cut -d/ -f2 | grep -vx default)}
+jobs=${MOLECULE_JOBS:-1}
+logs=$(mktemp -d)
+declare -A running=()  # pid -> scenario
+finish() {  # finish PID: print the scenario's log and record its result
+  local pid=$1 rc=$2 scenario=${running[$1]}
+  unset "running[$pid]"
   echo "=== molecule test -s $scenario"
-  start=$(date +%s)
-  molecule test -s "$scenario"
-  rc=$?
-  echo "=== molecule $scenario: exit $rc after $(($(date +%s) - start)) s"
-  record "molecule $scenario" $rc
+  cat "$logs/$scenario.log"
+  echo "=== molecule $scenario: exit $rc after $(cat "$logs/$scenario.seconds") s"
+  record "molecule $scenario" "$rc"
+}
+for scenario in $scenarios; do
+  if [ "$jobs" -le 1 ]; then
+    echo "=== molecule test -s $scenario"
+    start=$(date +%s)
+    molecule test -s "$scenario"
+    rc=$?
+    echo "=== molecule $scenario: exit $rc after $(($(date +%s) - start)) s"
+    record "molecule $scenario" $rc
+    continue
+  fi
+  while [ ${#running[@]} -ge "$jobs" ]; do
+    wait -n -p done_pid "${!running[@]}"
+    finish "$done_pid" $?
+  done
+  (
+    start=$(date +%s)
+    molecule test -s "$scenario" >"$logs/$scenario.log" 2>&1
+    rc=$?
+    echo $(($(date +%s) - start)) >"$logs/$scenario.seconds"
+    exit $rc
+  ) &
+  running[$!]=$scenario
+  echo "=== molecule $scenario started (log printed when it ends)"
 done
+while [ ${#running[@]} -gt 0 ]; do
+  wait -n -p done_pid "${!running[@]}"
+  finish "$done_pid" $?
+done
+rm -rf "$logs"
 
 [ ${#failures[@]} -eq 0 ] || printf 'failed: %s\n' "${failures[@]}"
 echo "test: $passed passed, $failed failed"
