@@ -56,6 +56,7 @@ $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	@touch $@
 
 lab-image: deps ## Build the lab's Debian 12 image (cached) and detect the podman settings
+	lab/preflight.sh
 	lab/build-image.sh
 	lab/containers-conf.sh $(LAB_IMAGE) $(LAB_STATE)/containers.conf
 

@@ -54,3 +54,28 @@ def test_missing_podman_is_named(repo_root: Path, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "podman is not installed" in result.stderr, result.stderr
     assert "make deps" in result.stderr
+
+
+def test_preflight_names_each_missing_package(repo_root: Path) -> None:
+    path = os.pathsep.join(
+        part for part in os.environ["PATH"].split(os.pathsep) if not part.endswith("sbin")
+    )
+    result = subprocess.run(
+        [str(repo_root / "lab/preflight.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path},
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "iptables (apt package iptables)" in result.stderr, result.stderr
+    assert "debootstrap (apt package debootstrap)" in result.stderr, result.stderr
+    assert "make deps" in result.stderr
+
+
+def test_preflight_passes_on_this_machine(repo_root: Path) -> None:
+    result = subprocess.run(
+        [str(repo_root / "lab/preflight.sh")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
