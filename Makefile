@@ -25,7 +25,7 @@ APT_PACKAGES := podman runc netavark aardvark-dns iptables nftables debootstrap 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean bench
+.PHONY: help deploy test deps apt-packages lab-image lab-up lab-down lint pytest molecule clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,19 +35,24 @@ deploy: lab-up ## Bring up the lab, deploy site.yml to it, then verify it
 	@if [ -f playbooks/verify.yml ]; then ansible-playbook -i $(LAB_INVENTORY) playbooks/verify.yml; fi
 	@echo "Run reports (per host: ok, changed, failed) are in $(CURDIR)/reports/"
 
-test: lab-image ## Everything a release must pass: lint, pytest, every molecule scenario
+test: lab-image ## Everything a release must pass: lint, pytest, ansible-test, every molecule scenario
 	tools/test-all.sh
 
-deps: $(LAB_STATE)/apt.stamp $(VENV)/.installed ## Install the apt packages and the Python tools
+deps: apt-packages $(VENV)/.installed ## Install the apt packages and the Python tools
 
-$(LAB_STATE)/apt.stamp: Makefile
-	@mkdir -p $(LAB_STATE)
-	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+# Checked on every run (quick), so a package removed since the last run is
+# installed again rather than trusted from a stamp ("ii": installed, not only
+# its configuration files left behind).
+apt-packages:
+	@missing=$$(for package in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Abbrev}' "$$package" 2>/dev/null | grep -q '^ii' || echo "$$package"; \
+	done); \
+	if [ -z "$$missing" ]; then \
 	  echo "apt packages present: $(APT_PACKAGES)"; \
 	else \
+	  echo "apt packages to install:" $$missing; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
 	fi
-	@touch $@
 
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
