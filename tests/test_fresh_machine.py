@@ -27,6 +27,9 @@ from services import find_postgres_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Where a fresh Debian's programs are: this machine's PATH may hold others
+# (a virtualenv, pyenv) that a fresh machine does not have.
+SYSTEM_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # Where podman looks for its helpers (helper_binaries_dir), Debian 12 and 13.
 PODMAN_HELPER_DIRS = ("/usr/lib/podman", "/usr/libexec/podman")
 
@@ -47,6 +50,11 @@ NEEDED: tuple[tuple[str, str], ...] = (
     ("perl", "debootstrap resolves package details"),
     ("/usr/share/keyrings/debian-archive-keyring.gpg", "debootstrap's keyring for Debian"),
     ("chroot", "lab/build-image.sh configures the rootfs"),
+    ("tar", "lab/build-image.sh packs the rootfs for podman import"),
+    ("sha256sum", "lab/build-image.sh tags the image with its recipe's hash"),
+    ("awk", "lab/build-image.sh reads the apt mirrors"),
+    ("xargs", "lab/build-image.sh removes older images"),
+    ("python3", "the Makefile makes .venv with it"),
     ("/usr/share/python-wheels/pip-*.whl", "python3 -m venv seeds pip into .venv"),
     ("ssh", "Ansible's connection to the lab hosts"),
     ("sftp", "Ansible copies files over SFTP"),
@@ -126,9 +134,7 @@ def locate(program: str) -> list[Path]:
     """The files a program or path pattern stands for on this machine."""
     if program.startswith("/"):
         return sorted(Path("/").glob(program.lstrip("/")))
-    search = os.pathsep.join(
-        [os.environ.get("PATH", ""), "/usr/sbin", "/sbin", *PODMAN_HELPER_DIRS]
-    )
+    search = os.pathsep.join([*SYSTEM_PATH, *PODMAN_HELPER_DIRS])
     found = shutil.which(program, path=search)
     return [Path(found)] if found else []
 
