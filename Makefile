@@ -9,18 +9,23 @@ LAB_STATE := $(CURDIR)/.lab
 LAB_IMAGE := localhost/pdsno-lab-debian12:latest
 LAB_INVENTORY ?= inventories/lab
 # Scenarios to test; `make molecule SCENARIOS=base` runs one.
-SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
-# netavark and aardvark-dns: podman's network backend, with DNS between lab hosts;
-# netavark runs iptables to set up the network (--no-install-recommends leaves it out).
-# prometheus: promtool checks the alerting rules.
+SCENARIOS ?= $(filter-out default,$(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))))
+# Every program the two commands run, including what only a Recommends would
+# bring (apt-get runs with --no-install-recommends); tests/test_fresh_machine.py
+# checks this list against the programs, for a fresh Debian 12 or 13.
+# podman, runc: the lab's containers (runc: crun fails under hybrid cgroups).
+# netavark, aardvark-dns: podman's network backend, with DNS between lab hosts;
+# netavark runs iptables, or nft with the nftables driver newer builds default to.
+# debootstrap, gpgv, debian-archive-keyring: the lab image, signature checked.
+# openssh-client: Ansible's connection; python3-venv: the tools' virtualenv.
 # postgresql, mosquitto: real servers for the tests; prometheus: promtool for the
 # alert rules; wrk: the load generator of make bench.
-APT_PACKAGES := podman runc netavark aardvark-dns iptables debootstrap openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
+APT_PACKAGES := podman runc netavark aardvark-dns iptables nftables debootstrap gpgv debian-archive-keyring openssh-client python3-venv postgresql mosquitto mosquitto-clients prometheus wrk
 
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deploy test deps lab-image lab-up lab-down lint pytest molecule clean bench audit
+.PHONY: help deploy test deps apt-packages lab-image lab-up lab-down lint pytest molecule clean bench audit
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,19 +35,24 @@ deploy: lab-up ## Bring up the lab, deploy site.yml to it, then verify it
 	@if [ -f playbooks/verify.yml ]; then ansible-playbook -i $(LAB_INVENTORY) playbooks/verify.yml; fi
 	@echo "Run reports (per host: ok, changed, failed) are in $(CURDIR)/reports/"
 
-test: lab-image ## Everything a release must pass: lint, pytest, every molecule scenario
+test: lab-image ## Everything a release must pass: lint, pytest, ansible-test, every molecule scenario
 	tools/test-all.sh
 
-deps: $(LAB_STATE)/apt.stamp $(VENV)/.installed ## Install the apt packages and the Python tools
+deps: apt-packages $(VENV)/.installed ## Install the apt packages and the Python tools
 
-$(LAB_STATE)/apt.stamp: Makefile
-	@mkdir -p $(LAB_STATE)
-	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+# Checked on every run (quick), so a package removed since the last run is
+# installed again rather than trusted from a stamp ("ii": installed, not only
+# its configuration files left behind).
+apt-packages:
+	@missing=$$(for package in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Abbrev}' "$$package" 2>/dev/null | grep -q '^ii' || echo "$$package"; \
+	done); \
+	if [ -z "$$missing" ]; then \
 	  echo "apt packages present: $(APT_PACKAGES)"; \
 	else \
+	  echo "apt packages to install:" $$missing; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
 	fi
-	@touch $@
 
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,6 +61,7 @@ $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	@touch $@
 
 lab-image: deps ## Build the lab's Debian 12 image (cached) and detect the podman settings
+	lab/preflight.sh
 	lab/build-image.sh
 	lab/containers-conf.sh $(LAB_IMAGE) $(LAB_STATE)/containers.conf
 

@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian installs each PostgreSQL major under its own directory (15 on Debian
+# 12, 17 on Debian 13); the control node's tests run whichever is there.
+POSTGRESQL_LIB = Path("/usr/lib/postgresql")
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 START_TIMEOUT_SECONDS = 30.0
 
@@ -40,6 +42,49 @@ def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _version_key(directory: Path) -> tuple[int, ...]:
+    """`/usr/lib/postgresql/9.6/bin` -> (9, 6); a name that is no version sorts first."""
+    try:
+        return tuple(int(part) for part in directory.parent.name.split("."))
+    except ValueError:
+        return ()
+
+
+def find_postgres_bindir(root: Path = POSTGRESQL_LIB, pg_config: str | None = None) -> Path | None:
+    """The directory of the PostgreSQL server binaries (initdb, pg_ctl, postgres).
+
+    What `pg_config --bindir` names, when it holds them (Debian's pg_config
+    comes with libpq-dev and may name a version whose server is not
+    installed); else the newest `ROOT/<version>/bin` that holds them.
+    """
+    candidates: list[Path] = []
+    pg_config = pg_config if pg_config is not None else shutil.which("pg_config")
+    if pg_config:
+        result = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=False, timeout=30
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            candidates.append(Path(result.stdout.strip()))
+    candidates += sorted(root.glob("*/bin"), key=_version_key, reverse=True)
+    for bindir in candidates:
+        if all((bindir / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+            return bindir
+    return None
+
+
+def postgres_bindir() -> Path:
+    """find_postgres_bindir(), or fail the test with what to install."""
+    bindir = find_postgres_bindir()
+    if bindir is None:
+        pytest.fail(
+            f"No PostgreSQL server binaries (initdb, pg_ctl, postgres) under "
+            f"{POSTGRESQL_LIB}/*/bin nor where `pg_config --bindir` points: the tests need "
+            "a real PostgreSQL. Run `make deps` (it installs the apt package postgresql).",
+            pytrace=False,
+        )
+    return bindir
 
 
 def require_binary(path: Path, package: str) -> None:
@@ -104,6 +149,7 @@ class PostgresServer:
         self._data = base / "data"
         self._log = base / "postgres.log"
         self._running = False
+        self._bin = postgres_bindir()
 
     @property
     def running(self) -> bool:
@@ -114,7 +160,7 @@ class PostgresServer:
 
     def init(self) -> None:
         self._run(
-            PG_BIN / "initdb",
+            self._bin / "initdb",
             *("-D", str(self._data), "--username=postgres", "--auth=trust"),
             *("--encoding=UTF8", "--locale=C.UTF-8"),
         )
@@ -129,7 +175,7 @@ class PostgresServer:
             "-c max_connections=300"
         )
         self._run(
-            PG_BIN / "pg_ctl",
+            self._bin / "pg_ctl",
             *("-D", str(self._data), "-l", str(self._log), "-o", options),
             *("-w", "-t", str(int(START_TIMEOUT_SECONDS)), "start"),
         )
@@ -138,7 +184,7 @@ class PostgresServer:
     def stop(self) -> None:
         if not self._running:
             return
-        self._run(PG_BIN / "pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "stop")
+        self._run(self._bin / "pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "stop")
         self._running = False
 
     def create_database(self) -> str:
@@ -252,8 +298,8 @@ class MosquittoBroker:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL 15, for the session; databases come from create_database()."""
-    require_binary(PG_BIN / "initdb", "PostgreSQL 15 (package postgresql)")
+    """A real PostgreSQL, for the session; databases come from create_database()."""
+    postgres_bindir()
     owner = ServiceUser.for_service("postgres")
     base = private_directory("pdsno-pg-", owner)
     server = PostgresServer(base, owner)

@@ -2,7 +2,8 @@
 # `make test`: run every check, go on after a failure so the report is
 # complete, and end with one line that counts them all:
 #   test: N passed, N failed
-# (lint tools, pytest tests, and molecule scenarios, each counted once).
+# (lint tools, pytest tests, ansible-test sanity, the collection's unit tests,
+# and molecule scenarios, each counted once).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,14 +54,82 @@ PY
 fi
 rm -f "$junit"
 
-for scenario in ${SCENARIOS:-$(ls molecule/*/molecule.yml | cut -d/ -f2)}; do
+# The pdsno.platform collection: sanity as one check, its unit tests each.
+echo "=== ansible-test sanity (pdsno.platform)"
+tools/ansible-test.sh sanity
+record "ansible-test sanity" $?
+
+echo "=== ansible-test units (pdsno.platform)"
+junit_dir=collections/ansible_collections/pdsno/platform/tests/output/junit
+rm -rf "$junit_dir"
+tools/ansible-test.sh units
+rc=$?
+read -r tests bad < <(python3 - "$junit_dir" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+good = bad = 0
+for path in Path(sys.argv[1]).glob("*.xml"):
+    root = ET.parse(path).getroot()
+    for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
+        total, errors, failures, skipped = (int(suite.get(k, 0)) for k in ("tests", "errors", "failures", "skipped"))
+        good += total - errors - failures - skipped
+        bad += errors + failures
+print(good, bad)
+PY
+)
+if [ "${tests:-0}" -eq 0 ] && [ "${bad:-0}" -eq 0 ]; then
+  echo "ansible-test units ran no test: that is a failure" >&2
+  record "ansible-test units" 1
+else
+  record "ansible-test units" "$rc" "${tests:-0}" "${bad:-1}"
+fi
+
+# Molecule scenarios, MOLECULE_JOBS at a time (their container and network
+# names never collide). Each scenario's output goes to its own log, printed
+# whole when it ends, so parallel runs stay readable. `default` is molecule's
+# anchor scenario (molecule/default/molecule.yml): it tests nothing.
+scenarios=${SCENARIOS:-$(ls molecule/*/molecule.yml | cut -d/ -f2 | grep -vx default)}
+jobs=${MOLECULE_JOBS:-1}
+logs=$(mktemp -d)
+declare -A running=()  # pid -> scenario
+finish() {  # finish PID: print the scenario's log and record its result
+  local pid=$1 rc=$2 scenario=${running[$1]}
+  unset "running[$pid]"
   echo "=== molecule test -s $scenario"
-  start=$(date +%s)
-  molecule test -s "$scenario"
-  rc=$?
-  echo "=== molecule $scenario: exit $rc after $(($(date +%s) - start)) s"
-  record "molecule $scenario" $rc
+  cat "$logs/$scenario.log"
+  echo "=== molecule $scenario: exit $rc after $(cat "$logs/$scenario.seconds") s"
+  record "molecule $scenario" "$rc"
+}
+for scenario in $scenarios; do
+  if [ "$jobs" -le 1 ]; then
+    echo "=== molecule test -s $scenario"
+    start=$(date +%s)
+    molecule test -s "$scenario"
+    rc=$?
+    echo "=== molecule $scenario: exit $rc after $(($(date +%s) - start)) s"
+    record "molecule $scenario" $rc
+    continue
+  fi
+  while [ ${#running[@]} -ge "$jobs" ]; do
+    wait -n -p done_pid "${!running[@]}"
+    finish "$done_pid" $?
+  done
+  (
+    start=$(date +%s)
+    molecule test -s "$scenario" >"$logs/$scenario.log" 2>&1
+    rc=$?
+    echo $(($(date +%s) - start)) >"$logs/$scenario.seconds"
+    exit $rc
+  ) &
+  running[$!]=$scenario
+  echo "=== molecule $scenario started (log printed when it ends)"
 done
+while [ ${#running[@]} -gt 0 ]; do
+  wait -n -p done_pid "${!running[@]}"
+  finish "$done_pid" $?
+done
+rm -rf "$logs"
 
 [ ${#failures[@]} -eq 0 ] || printf 'failed: %s\n' "${failures[@]}"
 echo "test: $passed passed, $failed failed"

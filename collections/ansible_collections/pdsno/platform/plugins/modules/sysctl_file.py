@@ -30,11 +30,13 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Reports what it would write and set, and changes nothing.
     support: full
   diff_mode:
+    description: Shows the file's content before and after.
     support: full
 author:
-  - PDSNO Platform engineers
+  - PDSNO Platform engineers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
