@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[2]))
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
     r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
@@ -38,9 +39,14 @@ def run_playbook(playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
         os.environ["MOLECULE_INVENTORY_FILE"],
         *args,
     ]
-    return subprocess.run(
-        command, capture_output=True, text=True, check=False, cwd=PROJECT, timeout=900
+    # Molecule forces colours; the recap is parsed, so none here.
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "false", "ANSIBLE_NOCOLOR": "true"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=PROJECT, timeout=900, env=env
     )
+    result.stdout = ANSI.sub("", result.stdout)
+    result.stderr = ANSI.sub("", result.stderr)
+    return result
 
 
 def recap(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
