@@ -65,7 +65,8 @@ PASSWORDS = {"mosquitto_password_auth": True, "mosquitto_local_listener": True}
         ({**PASSWORDS, "mosquitto_users": []}, None, "mosquitto_users at least one user"),
         ({**PASSWORDS, "mosquitto_users": [{"name": "x"}]}, None, "password"),
         ({**PASSWORDS, "mosquitto_users": [user(password="short")]}, None, 'entry "reader"'),  # noqa: S106
-        ({**PASSWORDS, "mosquitto_users": [user(name="rc-1")]}, None, 'entry "rc-1"'),
+        # A controller's MQTT identity (pdsno_mqtt_identity_prefix + hostname).
+        ({**PASSWORDS, "mosquitto_users": [user(name="mqtt:rc-1")]}, None, 'entry "mqtt:rc-1"'),
         ({**PASSWORDS, "mosquitto_users": [user(name="a b")]}, None, 'entry "a b"'),
         (
             {**PASSWORDS, "mosquitto_users": [user(acl=[{"access": "write", "topic": "$SYS/x"}])]},
