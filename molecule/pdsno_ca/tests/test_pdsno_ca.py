@@ -19,6 +19,7 @@ import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,7 @@ def test_mosquitto_reloads_for_certificates_restarts_for_the_bundle_and_serves_t
     assert states["after_rotation"]["main_pid"] == states["before_rotation"]["main_pid"] != "0"
     # Each rollover step changes the one trust bundle, which Mosquitto reads
     # only at start: the pdsno_ca role restarted it (issue 9, defect 5).
-    for previous, step in zip(points[1:], points[2:], strict=False):
+    for previous, step in pairwise(points[1:]):
         assert states[step]["main_pid"] != states[previous]["main_pid"], step
     assert states["rollover_3"]["main_pid"] == main_pid
     served = openssl(
