@@ -50,6 +50,9 @@ def test_bad_variable_fails_before_any_change(run_ansible, tmp_path, host_vars, 
     report = json.loads(report_path.read_text())
     assert report["changed_total"] == 0
     failed_tasks = [e["task"] for e in report["events"] if e["outcome"] == "failed"]
-    assert len(failed_tasks) == 1
+    # The check, then the playbook's last play stopping the host for it
+    # (playbooks/failed_concerns.yml).
+    assert len(failed_tasks) == 2, failed_tasks
+    assert failed_tasks[1] == "Fail the hosts on which a concern failed, naming it"
     task_name = failed_tasks[0].split(" : ")[-1]
     assert task_name.startswith(("Validating arguments", "Check ")), task_name

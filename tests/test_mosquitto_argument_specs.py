@@ -65,7 +65,8 @@ PASSWORDS = {"mosquitto_password_auth": True, "mosquitto_local_listener": True}
         ({**PASSWORDS, "mosquitto_users": []}, None, "mosquitto_users at least one user"),
         ({**PASSWORDS, "mosquitto_users": [{"name": "x"}]}, None, "password"),
         ({**PASSWORDS, "mosquitto_users": [user(password="short")]}, None, 'entry "reader"'),  # noqa: S106
-        ({**PASSWORDS, "mosquitto_users": [user(name="rc-1")]}, None, 'entry "rc-1"'),
+        # A controller's MQTT identity (pdsno_mqtt_identity_prefix + hostname).
+        ({**PASSWORDS, "mosquitto_users": [user(name="mqtt:rc-1")]}, None, 'entry "mqtt:rc-1"'),
         ({**PASSWORDS, "mosquitto_users": [user(name="a b")]}, None, 'entry "a b"'),
         (
             {**PASSWORDS, "mosquitto_users": [user(acl=[{"access": "write", "topic": "$SYS/x"}])]},
@@ -88,7 +89,7 @@ PASSWORDS = {"mosquitto_password_auth": True, "mosquitto_local_listener": True}
         ({"mosquitto_max_connections": 5000}, None, "mosquitto_limit_nofile (4096)"),
         ({"mosquitto_max_packet_size": 10}, None, "mosquitto_max_packet_size (10)"),
         ({"mosquitto_max_queued_messages": 0}, None, "mosquitto_max_queued_messages (0)"),
-        ({"mosquitto_cert_dir": "certs"}, None, "mosquitto_cert_dir is certs"),
+        ({"pdsno_cert_dir": "certs"}, None, "pdsno_cert_dir (certs)"),
     ],
 )
 def test_bad_variable_fails_before_any_change(
@@ -109,6 +110,9 @@ def test_bad_variable_fails_before_any_change(
     report = json.loads(report_path.read_text())
     assert report["changed_total"] == 0
     failed_tasks = [e["task"] for e in report["events"] if e["outcome"] == "failed"]
-    assert len(failed_tasks) == 1
+    # The check, then the playbook's last play stopping the host for it
+    # (playbooks/failed_concerns.yml).
+    assert len(failed_tasks) == 2, failed_tasks
+    assert failed_tasks[1] == "Fail the hosts on which a concern failed, naming it"
     task_name = failed_tasks[0].split(" : ")[-1]
     assert task_name.startswith(("Validating arguments", "Check ")), task_name

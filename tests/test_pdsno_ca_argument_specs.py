@@ -20,7 +20,8 @@ def inventory_with(tmp_path, host_vars: dict):
                             "ansible_become": False,
                             "ansible_python_interpreter": "{{ ansible_playbook_python }}",
                             "pdsno_ca_dir": str(tmp_path / "ca"),
-                            "pdsno_ca_cert_dir": str(tmp_path / "certs"),
+                            "pdsno_cert_dir": str(tmp_path / "certs"),
+                            "pdsno_trust_bundle": str(tmp_path / "certs" / "ca.crt"),
                             **host_vars,
                         }
                     }
@@ -79,7 +80,10 @@ def test_bad_variable_fails_before_any_change(run_ansible, tmp_path, host_vars, 
     report = json.loads(report_path.read_text())
     assert report["changed_total"] == 0
     failed_tasks = [e["task"] for e in report["events"] if e["outcome"] == "failed"]
-    assert len(failed_tasks) == 1
+    # The check, then the playbook's last play stopping the host for it
+    # (playbooks/failed_concerns.yml).
+    assert len(failed_tasks) == 2, failed_tasks
+    assert failed_tasks[1] == "Fail the hosts on which a concern failed, naming it"
     task_name = failed_tasks[0].split(" : ")[-1]
     assert task_name.startswith(("Validating arguments", "Check ")), task_name
     assert not (tmp_path / "ca").exists()

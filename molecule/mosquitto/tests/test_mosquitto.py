@@ -3,9 +3,10 @@
 mqtt-broker runs Mosquitto and is also the global controller; mqtt-rc-a and
 mqtt-rc-b are controllers of region-a and region-b. Clients run on the hosts
 with the controller-mqtt certificate of the host they run on (its common
-name is the inventory hostname: the identity the ACL knows). side_effect.yml
-records the broker around a certificate rotation, a rerun of the role and a
-trust bundle change in /var/tmp/mosquitto-molecule/<step>.json.
+name, mqtt:<inventory hostname>, is the identity the ACL knows; the
+controller's TLS certificate has another). side_effect.yml records the
+broker around a certificate rotation, a rerun of the role, a trust bundle
+change and a foreign conf.d file in /var/tmp/mosquitto-molecule/<step>.json.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ RECORDS = "/var/tmp/mosquitto-molecule"  # noqa: S108 (on the test host, written
 MONITOR = ("monitor", "molecule-only-monitor-password")  # molecule.yml, test-only
 ACL = "/etc/mosquitto/pdsno.acl"
 PASSWORD_FILE = "/etc/mosquitto/pdsno.passwd"  # noqa: S105 (a path)
+
+
+def mqtt_identity(host: str) -> str:
+    """The common name of a controller's controller-mqtt certificate."""
+    return f"mqtt:{host}"
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +141,7 @@ def test_broker_logs_to_the_journal_not_to_its_file(broker):
     # Through syslog: each message keeps its priority (notice is 5).
     assert connected[0]["SYSLOG_IDENTIFIER"] == "mosquitto"
     assert connected[0]["PRIORITY"] == "5"
-    assert f"u'{BROKER}'" in connected[0]["MESSAGE"]
+    assert f"u'{mqtt_identity(BROKER)}'" in connected[0]["MESSAGE"]
     pid = broker.run("systemctl show --property=MainPID --value mosquitto").stdout.strip()
     assert "/var/log/mosquitto" not in broker.run(f"ls -l /proc/{pid}/fd").stdout
 
@@ -183,9 +189,14 @@ def test_password_file_holds_hashes_only(broker):
 
 def test_acl_follows_the_inventory(broker):
     acl = broker.file(ACL).content_string
-    assert f"user {BROKER}\ntopic readwrite pdsno/v1/global/#\ntopic read pdsno/v1/#\n" in acl
-    assert f"user {RC_A}\ntopic readwrite pdsno/v1/region-a/#\n" in acl
-    assert f"user {RC_B}\ntopic readwrite pdsno/v1/region-b/#\n" in acl
+    global_rules = "topic readwrite pdsno/v1/global/#\ntopic read pdsno/v1/#\n"
+    assert f"user {mqtt_identity(BROKER)}\n{global_rules}" in acl
+    assert f"user {mqtt_identity(RC_A)}\ntopic readwrite pdsno/v1/region-a/#\n" in acl
+    assert f"user {mqtt_identity(RC_B)}\ntopic readwrite pdsno/v1/region-b/#\n" in acl
+    # Only MQTT identities: a controller's TLS certificate (CN = its
+    # inventory hostname) is nobody here.
+    users = [line.split(" ", 1)[1] for line in acl.splitlines() if line.startswith("user ")]
+    assert set(users) == {mqtt_identity(h) for h in (BROKER, RC_A, RC_B)} | {"monitor"}
     assert "user monitor\ntopic read $SYS/#\ntopic read pdsno/v1/#\n" in acl
 
 
@@ -369,13 +380,78 @@ def test_rerunning_the_role_leaves_the_broker_running(broker):
     assert rerun["served_serial"] == after["served_serial"]
 
 
-def test_a_new_trust_bundle_restarts_the_broker(broker):
+def test_the_ca_role_alone_makes_the_broker_trust_a_new_ca(hosts, broker, address):
+    """playbooks/ca.yml alone, no mosquitto.yml: the broker trusts the new CA (defect 5)."""
     rerun, trusted = record(broker, "after_rerun"), record(broker, "after_trust")
     assert trusted["active"] == "active"
+    # Mosquitto reads its CA file only at start: the pdsno_ca role restarted it.
     assert trusted["main_pid"] != rerun["main_pid"]
     bundle = broker.file(f"{CERTS}/ca.crt").content_string
     assert bundle.count("BEGIN CERTIFICATE") == 2
-    assert broker.file("/etc/mosquitto/ca_certificates/pdsno-ca.crt").content_string == bundle
+    listeners = broker.file("/etc/mosquitto/conf.d/20-pdsno-listeners.conf").content_string
+    assert f"cafile {CERTS}/ca.crt\n" in listeners
+    assert not broker.file("/etc/mosquitto/ca_certificates/pdsno-ca.crt").exists
+    # mqtt-rc-a's certificate now comes from the second CA, which only the
+    # one bundle, as the CA role wrote it, tells the broker to trust.
+    rc_a, message = hosts[RC_A], token()
+    issuer = rc_a.run(f"openssl x509 -in {CERTS}/controller-mqtt.crt -noout -issuer").stdout
+    assert "ca2" in issuer, issuer
+    published, received = collect(
+        broker,
+        tls("127.0.0.1"),
+        ["pdsno/v1/region-a/#"],
+        rc_a,
+        pub(tls(address), f"pdsno/v1/region-a/ca2/{message}", message),
+    )
+    assert published.rc == 0, published.stdout + published.stderr
+    assert message in received, received
+
+
+def test_the_controller_tls_certificate_is_not_an_mqtt_identity(hosts, broker, address):
+    """controller.crt (clientAuth, for the peers) gets nothing from the broker (defect 3)."""
+    rc_a = hosts[RC_A]
+    subjects = {
+        name: rc_a.run(f"openssl x509 -in {CERTS}/{name}.crt -noout -subject").stdout.strip()
+        for name in ("controller", "controller-mqtt")
+    }
+    assert subjects["controller"] != subjects["controller-mqtt"], subjects
+    assert f"CN = {mqtt_identity(RC_A)}" in subjects["controller-mqtt"], subjects
+    written, read = token(), token()
+    # It cannot publish to its host's region ...
+    _, received = collect(
+        broker,
+        tls("127.0.0.1"),
+        ["pdsno/v1/#"],
+        rc_a,
+        pub(tls(address, "controller"), f"pdsno/v1/region-a/tls-cert/{written}", written),
+    )
+    assert written not in received, received
+    # ... nor read it.
+    _, received = collect(
+        rc_a,
+        tls(address, "controller"),
+        ["pdsno/v1/region-a/#"],
+        rc_a,
+        pub(tls(address), f"pdsno/v1/region-a/tls-cert/{read}", read),
+    )
+    assert read not in received, received
+
+
+def test_a_foreign_conf_file_cannot_open_a_listener_or_keep_the_broker_down(broker):
+    """Drift: conf.d/05-local.conf with a plain anonymous listener (issue 9, item 11)."""
+    rerun = record(broker, "foreign_conf_rerun")
+    assert not rerun["failed"], rerun["message"]
+    assert broker.run("systemctl is-active mosquitto").stdout.strip() == "active"
+    sockets = {line.split()[3] for line in broker.run("ss -Hltn").stdout.splitlines()}
+    assert not any(s.endswith(":1883") and s != "127.0.0.1:1883" for s in sockets), sockets
+    conf_d = broker.run("ls /etc/mosquitto/conf.d").stdout.split()
+    assert "05-local.conf" not in conf_d, conf_d
+    # Set aside, not deleted: nothing of it is lost.
+    kept = [name for name in conf_d if name.startswith("05-local.conf.")]
+    assert kept, conf_d
+    assert "allow_anonymous true" in broker.file(f"/etc/mosquitto/conf.d/{kept[0]}").content_string
+    result = broker.run(pub(local(None), "pdsno/v1/region-a/x", "anonymous"))
+    assert result.rc != 0
 
 
 # --- a bad configuration never replaces a good one ------------------------------

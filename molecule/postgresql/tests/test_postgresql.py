@@ -469,3 +469,27 @@ def test_retention_keeps_the_newest_and_drops_the_old(db):
         )
     finally:
         db.run("rm -rf %s", work)
+
+
+# --- drift a rerun repairs (issue 9, item 9) ----------------------------------
+
+
+def test_rerun_repairs_ssl_off_by_alter_system_and_a_trust_line(db, ctl, settings, db_address):
+    rerun = record(db, "drift-rerun")
+    assert not rerun["failed"], rerun["message"]
+    assert sql(db, "SHOW ssl") == "on"
+    assert (
+        sql(db, "SELECT count(*) FROM pg_file_settings WHERE name = 'ssl' AND NOT applied") == "0"
+    )
+    assert "ssl" not in db.file("/var/lib/postgresql/15/main/postgresql.auto.conf").content_string
+    loaded = sql(db, "SELECT count(*) FROM pg_hba_file_rules WHERE auth_method = 'trust'")
+    assert loaded == "0"
+    # Neither without TLS, nor over TLS with a wrong password.
+    plain = connect(
+        ctl, tls_conninfo(db_address, sslmode="disable"), settings["postgresql_password"]
+    )
+    assert plain.rc != 0
+    assert "pg_hba.conf rejects connection" in plain.stderr
+    wrong = connect(ctl, tls_conninfo(db_address), "not-the-password-of-pdsno")
+    assert wrong.rc != 0
+    assert 'password authentication failed for user "pdsno"' in wrong.stderr

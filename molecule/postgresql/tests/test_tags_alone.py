@@ -1,0 +1,22 @@
+"""Each per-concern tag of the postgresql role works alone on the converged hosts.
+
+playbooks/postgresql.yml --tags <tag>, for each tag of roles/postgresql/tasks/main.yml
+one at a time: it must succeed and change nothing (issue 9, defect 1).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "_shared"))
+from playbook_runs import recap, role_tags, run_playbook, tail
+
+
+@pytest.mark.parametrize("tag", role_tags("postgresql"))
+def test_tag_works_alone_and_changes_nothing(tag):
+    result = run_playbook("playbooks/postgresql.yml", "--tags", tag)
+    assert result.returncode == 0, tail(result)
+    counts = recap(result)
+    assert counts, tail(result)
+    assert {host: c["changed"] for host, c in counts.items() if c["changed"]} == {}, tail(result)
