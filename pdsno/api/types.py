@@ -29,10 +29,11 @@ INT32_MAX = 2**31 - 1  # PostgreSQL integer: versions, counts, offsets
 INT64_MAX = 2**63 - 1  # PostgreSQL bigint: sequence numbers
 
 # What a one-line text field may not hold: C0 controls (NUL among them),
-# DEL, C1 controls, and lone surrogates. Published in the OpenAPI schema.
-LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]*$"
+# DEL and C1 controls. Published in the OpenAPI schema; lone surrogates,
+# refused too, are not Unicode text at all, so no schema can name them.
+LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 # Free text may also hold tab, line feed and carriage return.
-FREE_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]*$"
+FREE_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 
 _FREE_TEXT_CONTROLS = frozenset("\t\n\r")
 
