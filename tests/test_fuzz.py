@@ -61,6 +61,7 @@ FUZZ_SETTINGS = settings(
     max_examples=HYPOTHESIS_EXAMPLES,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -169,6 +170,7 @@ def schemathesis_run(
         command += ["--request-cert-key", str(controller["cert_key"])]
     return subprocess.run(
         command,
+        cwd=report_dir,  # where schemathesis keeps its example database
         capture_output=True,
         text=True,
         timeout=FUZZ_SECONDS * 4 + 120,
