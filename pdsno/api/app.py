@@ -30,7 +30,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 ERROR_RESPONSES[422] = {"model": ValidationErrorOut, "description": "Validation Error"}
 # Long enough to name what is wrong, too short to carry a body back.
-MAX_ECHO_CHARS = 200
+MAX_ECHO_CHARS = 500
 
 
 def printable(value: object, limit: int | None = MAX_ECHO_CHARS) -> str | int:
