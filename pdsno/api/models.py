@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
+import operator
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from pdsno.api.types import (
+    ControllerId,
+    FreeText,
+    Identifier,
+    Name,
+    Region,
+    UtcDateTime,
+    Version,
+    text,
+)
 from pdsno.approval.classifier import config_line_problem
-
-Identifier = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-Region = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+from pdsno.messaging.bodies import MESSAGE_BODIES, ExecutionToken, Signature, Timestamp
 
 
 def _one_statement(line: str) -> str:
@@ -24,6 +34,13 @@ def _one_statement(line: str) -> str:
 # so a line break or another control character inside a line is refused (422,
 # located at the line's index), never passed on to be read as a second statement.
 ConfigLine = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_one_statement)]
+DeviceStatus = Literal["active", "maintenance", "retired"]
+# The base64 of a 32-byte Ed25519 public key.
+PublicKey = text(64, min_length=40, pattern=r"^[A-Za-z0-9+/]+={0,2}$")
+Url = text(255)
+BootstrapToken = text(200, min_length=10)
+ChallengeNonce = text(64, min_length=64, pattern=r"^[0-9a-f]+$")
+MessageNonce = text(64, min_length=16, pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class Strict(BaseModel):
@@ -34,31 +51,61 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class ValidationIssue(BaseModel):
+    type: str = Field(description="what kind of problem, such as `missing` or `json_invalid`")
+    loc: list[str | int] = Field(description="where: `body`, `query` or `path`, then the field")
+    msg: str = Field(description="what is wrong; the value sent is never echoed")
+
+
+class ValidationErrorOut(BaseModel):
+    """422: the request's URL, parameters or JSON body are not valid; one issue each."""
+
+    detail: list[ValidationIssue]
+
+
 class HealthOut(BaseModel):
     status: Literal["healthy", "unhealthy"]
-    timestamp: datetime
+    timestamp: UtcDateTime
     version: str
     controller_id: str | None
     controller_type: str
 
 
+ManagementAddress = text(255, min_length=0)
+Vendor = text(64, min_length=0)
+Role = text(64, min_length=0)
+
+
+def _no_null_defaults(schema: dict[str, Any]) -> None:
+    """A field that may be left out but not sent as null (its column refuses
+    NULL) documents no `default: null`."""
+    for field in schema.get("properties", {}).values():
+        if "default" in field and field["default"] is None and "anyOf" not in field:
+            del field["default"]
+
+
 class DeviceIn(Strict):
-    device_id: str = Identifier
-    name: str = Field(min_length=1, max_length=128)
-    region: str = Region
-    status: Literal["active", "maintenance", "retired"] = "active"
-    management_address: str | None = Field(default=None, max_length=255)
-    vendor: str | None = Field(default=None, max_length=64)
-    role: str | None = Field(default=None, max_length=64)
+    device_id: Identifier
+    name: Name
+    region: Region
+    status: DeviceStatus = "active"
+    management_address: ManagementAddress | None = None
+    vendor: Vendor | None = None
+    role: Role | None = None
 
 
 class DeviceUpdate(Strict):
-    version: int = Field(ge=1, description="The version you read; a newer one means 409")
-    name: str | None = Field(default=None, min_length=1, max_length=128)
-    status: Literal["active", "maintenance", "retired"] | None = None
-    management_address: str | None = Field(default=None, max_length=255)
-    vendor: str | None = Field(default=None, max_length=64)
-    role: str | None = Field(default=None, max_length=64)
+    """The fields to change; one left out stays as it is. name and status
+    cannot be null; the others can (null clears them)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
+
+    version: Version
+    name: Name = None  # type: ignore[assignment]  # left out: unchanged; null: 422
+    status: DeviceStatus = None  # type: ignore[assignment]
+    management_address: ManagementAddress | None = None
+    vendor: Vendor | None = None
+    role: Role | None = None
 
 
 class DeviceOut(BaseModel):
@@ -71,13 +118,13 @@ class DeviceOut(BaseModel):
     role: str | None
     config_version: int
     current_config: list[str]
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
     version: int
 
 
 class ProposalIn(Strict):
-    device_id: str = Identifier
+    device_id: Identifier
     config_lines: list[ConfigLine] = Field(min_length=1, max_length=5000)
 
 
@@ -95,25 +142,17 @@ class ProposalOut(BaseModel):
     submitted_by: str | None = None
     decided_by: str | None
     decision_reason: str | None
-    created_at: datetime
-    expires_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    expires_at: UtcDateTime
+    updated_at: UtcDateTime
     version: int
 
 
 class DecisionIn(Strict):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: FreeText | None = None
 
 
-class ExecutionTokenIn(Strict):
-    token_id: str
-    proposal_id: str
-    device_id: str
-    config_hash: str
-    issuer_id: str
-    issued_at: str
-    expires_at: str
-    signature: str
+ExecutionTokenIn = ExecutionToken
 
 
 class ExecuteIn(Strict):
@@ -130,26 +169,26 @@ class ControllerOut(BaseModel):
     parent_id: str | None
     url: str | None
     status: str
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ChallengeIn(Strict):
-    token: str = Field(min_length=10, max_length=200)
+    token: BootstrapToken
     controller_type: Literal["regional", "local"]
-    region: str = Region
-    name: str = Field(min_length=1, max_length=128)
-    public_key: str = Field(min_length=40, max_length=64)
-    url: str | None = Field(default=None, max_length=255)
+    region: Region
+    name: Name
+    public_key: PublicKey
+    url: Url | None = None
 
 
 class ChallengeOut(BaseModel):
     nonce: str
-    expires_at: datetime
+    expires_at: UtcDateTime
 
 
 class RegisterIn(Strict):
-    nonce: str = Field(min_length=64, max_length=64)
-    signature: str = Field(min_length=40, max_length=128)
+    nonce: ChallengeNonce
+    signature: Signature
 
 
 class RegisterOut(BaseModel):
@@ -160,14 +199,34 @@ class RegisterOut(BaseModel):
     credential: dict[str, Any]
 
 
-class EnvelopeIn(Strict):
-    message_type: str = Field(min_length=1, max_length=64)
-    sender: str = Field(min_length=1, max_length=64)
-    recipient: str | None = Field(default=None, max_length=64)
-    timestamp: str = Field(max_length=64)
-    nonce: str = Field(min_length=16, max_length=64)
-    body: dict[str, Any]
-    signature: str = Field(min_length=40, max_length=128)
+class Envelope(Strict):
+    """A signed message; its `body` is checked against its type's model
+    (pdsno.messaging.bodies) before anything is recorded."""
+
+    sender: ControllerId
+    recipient: ControllerId | None = None
+    timestamp: Timestamp
+    nonce: MessageNonce
+    signature: Signature
+
+
+def _envelope_of(message_type: str, body: type[BaseModel]) -> type[Envelope]:
+    name = "".join(part.capitalize() for part in re.split(r"[._]", message_type)) + "Message"
+    return create_model(
+        name,
+        __base__=Envelope,
+        message_type=(Literal[message_type], ...),
+        body=(body, ...),
+    )
+
+
+# One envelope model per message type, told apart by `message_type`: an
+# unknown type, or a body that is not its type's, is a 422.
+ENVELOPES = {kind: _envelope_of(kind, body) for kind, body in MESSAGE_BODIES.items()}
+EnvelopeIn = Annotated[
+    functools.reduce(operator.or_, ENVELOPES.values()),
+    Field(discriminator="message_type"),
+]
 
 
 class MessageOut(BaseModel):
@@ -176,7 +235,7 @@ class MessageOut(BaseModel):
 
 
 class PolicyIn(Strict):
-    policy_id: str = Identifier
+    policy_id: Identifier
     body: dict[str, Any]
 
 
@@ -188,7 +247,7 @@ class PolicyOut(BaseModel):
     issuer_id: str
     body: dict[str, Any]
     signature: str
-    created_at: datetime
+    created_at: UtcDateTime
     acknowledged_by: list[str] = []
 
 
@@ -199,5 +258,5 @@ class EventOut(BaseModel):
     subject: str | None
     region: str | None
     payload: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDateTime
     hash: str

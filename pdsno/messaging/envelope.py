@@ -48,6 +48,7 @@ class VerifiedMessage:
     sender_region: str | None
     sender_parent_id: str | None
     body: dict[str, Any]
+    nonce: str = ""
 
 
 def _parse_time(value: str) -> datetime:
@@ -87,6 +88,16 @@ def open_sealed(
         sender_region=sender.region,
         sender_parent_id=sender.parent_id,
         body=envelope["body"],
+        nonce=envelope["nonce"],
+    )
+
+
+def release_nonce(conn: Connection, sender_id: str, nonce: str) -> None:
+    """Make a nonce usable again: for a message refused after it was used."""
+    conn.execute(
+        delete(message_nonces)
+        .where(message_nonces.c.sender_id == sender_id)
+        .where(message_nonces.c.nonce == nonce)
     )
 
 

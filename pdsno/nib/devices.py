@@ -8,10 +8,11 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pdsno.clock import utcnow
-from pdsno.errors import ConflictError, NotFoundError
+from pdsno.errors import ConflictError, NotFoundError, PdsnoError
 from pdsno.nib.schema import devices
 
 EDITABLE = ("name", "region", "status", "management_address", "vendor", "role")
+NOT_NULL = frozenset(name for name in EDITABLE if not devices.c[name].nullable)
 
 
 def create(conn: Connection, *, device_id: str, **fields: Any) -> dict[str, Any]:
@@ -64,6 +65,9 @@ def update_device(
     unknown = set(changes) - set(EDITABLE)
     if unknown:
         raise ConflictError(f"fields {sorted(unknown)} cannot be changed here")
+    nulled = sorted(name for name in NOT_NULL if name in changes and changes[name] is None)
+    if nulled:
+        raise PdsnoError(f"fields {nulled} cannot be null: leave them out to keep them")
     result = conn.execute(
         update(devices)
         .where(devices.c.device_id == device_id)

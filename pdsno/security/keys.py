@@ -16,12 +16,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from pdsno.errors import ConfigurationError
+from pdsno.errors import ConfigurationError, PdsnoError
+
+
+class NotCanonicalError(PdsnoError, ValueError):
+    """A value with no canonical JSON form: NaN or Infinity, a lone surrogate."""
+
+    status_code = 422
 
 
 def canonical_json(value: Any) -> bytes:
-    """The one byte form of a JSON value that is signed and hashed."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The one byte form of a JSON value that is signed and hashed: strict
+    JSON (no NaN or Infinity) in UTF-8 (no lone surrogate)."""
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotCanonicalError("cannot sign text with a lone surrogate: not Unicode") from None
+    except ValueError as error:
+        raise NotCanonicalError(f"cannot sign a value that is not strict JSON: {error}") from None
 
 
 def sha256_hex(data: bytes) -> str:

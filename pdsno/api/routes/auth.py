@@ -80,7 +80,12 @@ def login(body: LoginIn, request: Request, response: Response, ctx: Context) -> 
     }
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+# A session only (an API key is refused with 400): the contract names only the bearer.
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra={"security": [{"HTTPBearer": []}]},
+)
 def logout(
     ctx: Context, principal: Annotated[Principal, Depends(require("self:logout", region="own"))]
 ) -> Response:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 
 from pdsno.api.deps import Context, check_region, region_scope, require
-from pdsno.api.models import DeviceIn, DeviceOut, DeviceUpdate
+from pdsno.api.models import DeviceIn, DeviceOut, DeviceStatus, DeviceUpdate
+from pdsno.api.types import Count, Identifier, Region
 from pdsno.auth.api_keys import Principal
 from pdsno.nib import devices
 
@@ -17,10 +18,10 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 def list_devices(
     ctx: Context,
     principal: Annotated[Principal, Depends(require("devices:read"))],
-    region: Annotated[str | None, Query(max_length=64)] = None,
-    device_status: Annotated[str | None, Query(alias="status", max_length=16)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    region: Annotated[Region | None, Query()] = None,
+    device_status: Annotated[DeviceStatus | None, Query(alias="status")] = None,
+    limit: Annotated[Count, Query(ge=1, le=500)] = 100,
+    offset: Annotated[Count, Query()] = 0,
 ) -> list[dict]:
     with ctx.engine.connect() as conn:
         return devices.list_devices(
@@ -45,7 +46,9 @@ def create_device(
 
 @router.get("/{device_id}", response_model=DeviceOut)
 def get_device(
-    device_id: str, ctx: Context, _: Annotated[Principal, Depends(require("devices:read"))]
+    device_id: Annotated[Identifier, Path()],
+    ctx: Context,
+    _: Annotated[Principal, Depends(require("devices:read"))],
 ) -> dict:
     def load() -> dict:
         with ctx.engine.connect() as conn:
@@ -56,7 +59,7 @@ def get_device(
 
 @router.patch("/{device_id}", response_model=DeviceOut)
 def update_device(
-    device_id: str,
+    device_id: Annotated[Identifier, Path()],
     body: DeviceUpdate,
     ctx: Context,
     _: Annotated[Principal, Depends(require("devices:write"))],

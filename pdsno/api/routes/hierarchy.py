@@ -6,6 +6,7 @@ signed challenge, a message with its sender's signature.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 
@@ -26,10 +27,11 @@ from pdsno.context import ControllerContext
 from pdsno.errors import PdsnoError
 from pdsno.identity import bootstrap
 from pdsno.messaging import handlers
-from pdsno.messaging.envelope import open_sealed
+from pdsno.messaging.envelope import VerifiedMessage, open_sealed, release_nonce
 
 SURFACE = "peer"
 router = APIRouter(tags=["hierarchy"])
+log = logging.getLogger("pdsno.api")
 
 
 def _audit_refusal(ctx: ControllerContext, event_type: str, reason: str, payload: dict) -> None:
@@ -133,11 +135,16 @@ def register(body: RegisterIn, ctx: Context) -> dict:
 
 @router.post("/messages", response_model=MessageOut, status_code=status.HTTP_202_ACCEPTED)
 def receive_message(body: EnvelopeIn, ctx: Context) -> dict:
+    """A signed message. Its body was checked against its type's model before
+    this runs; a message refused here or by its handler leaves its nonce
+    unused, so that the sender may correct it and send it again."""
     window = timedelta(seconds=ctx.settings.message_window_seconds)
+    # Strict models: this is exactly the JSON the sender signed.
+    envelope = body.model_dump(mode="json", exclude_unset=True)
     try:
         with ctx.engine.begin() as conn:
             message = open_sealed(
-                conn, body.model_dump(), recipient_id=ctx.identity.controller_id, window=window
+                conn, envelope, recipient_id=ctx.identity.controller_id, window=window
             )
     except PdsnoError as error:
         _audit_refusal(
@@ -151,7 +158,21 @@ def receive_message(body: EnvelopeIn, ctx: Context) -> dict:
         )
         raise
     started = time.perf_counter()
-    handlers.handle(ctx, message)
+    try:
+        handlers.handle(ctx, message)
+    except Exception:
+        _release_nonce(ctx, message)
+        raise
     if ctx.metrics is not None:
         ctx.metrics.observe_message(message.message_type, time.perf_counter() - started)
     return {"message_type": message.message_type}
+
+
+def _release_nonce(ctx: ControllerContext, message: VerifiedMessage) -> None:
+    """Forget a refused message's nonce; handlers are idempotent, so the
+    message may come again, and is handled or refused again."""
+    try:
+        with ctx.engine.begin() as conn:
+            release_nonce(conn, message.sender_id, message.nonce)
+    except Exception:  # the handler's own error is the one to report
+        log.exception("could not release the nonce of a refused %s", message.message_type)

@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 
 from pdsno.api.deps import Context, check_region, region_scope, require
 from pdsno.api.models import DecisionIn, ExecuteIn, ProposalIn, ProposalOut
+from pdsno.api.types import Count, Identifier, Region, StateName
 from pdsno.auth.api_keys import Principal
 
 SURFACE = "api"
+ProposalId = Annotated[Identifier, Path()]
 router = APIRouter(prefix="/proposals", tags=["proposals"])
 
 
@@ -16,9 +18,9 @@ router = APIRouter(prefix="/proposals", tags=["proposals"])
 def list_proposals(
     ctx: Context,
     principal: Annotated[Principal, Depends(require("proposals:read"))],
-    proposal_status: Annotated[str | None, Query(alias="status", max_length=32)] = None,
-    region: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    proposal_status: Annotated[StateName | None, Query(alias="status")] = None,
+    region: Annotated[Region | None, Query()] = None,
+    limit: Annotated[Count, Query(ge=1, le=500)] = 100,
 ) -> list[dict]:
     return ctx.workflow.list(
         status=proposal_status, region=region_scope(principal, region), limit=limit
@@ -39,14 +41,16 @@ def submit_proposal(
 
 @router.get("/{proposal_id}", response_model=ProposalOut)
 def get_proposal(
-    proposal_id: str, ctx: Context, _: Annotated[Principal, Depends(require("proposals:read"))]
+    proposal_id: ProposalId,
+    ctx: Context,
+    _: Annotated[Principal, Depends(require("proposals:read"))],
 ) -> dict:
     return ctx.workflow.get(proposal_id)
 
 
 @router.post("/{proposal_id}/approve", response_model=ProposalOut)
 def approve_proposal(
-    proposal_id: str,
+    proposal_id: ProposalId,
     body: DecisionIn,
     ctx: Context,
     principal: Annotated[Principal, Depends(require("proposals:decide"))],
@@ -62,7 +66,7 @@ def approve_proposal(
 
 @router.post("/{proposal_id}/reject", response_model=ProposalOut)
 def reject_proposal(
-    proposal_id: str,
+    proposal_id: ProposalId,
     body: DecisionIn,
     ctx: Context,
     principal: Annotated[Principal, Depends(require("proposals:decide"))],
@@ -78,7 +82,7 @@ def reject_proposal(
 
 @router.post("/{proposal_id}/execute", response_model=ProposalOut)
 def execute_proposal(
-    proposal_id: str,
+    proposal_id: ProposalId,
     body: ExecuteIn,
     ctx: Context,
     _: Annotated[Principal, Depends(require("proposals:submit"))],

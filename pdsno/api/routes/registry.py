@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from sqlalchemy import select
 
 from pdsno import policies
 from pdsno.api.deps import Context, region_scope, require
 from pdsno.api.models import ControllerOut, EventOut, PolicyIn, PolicyOut
+from pdsno.api.types import ControllerId, Count, EventType, SequenceNumber
 from pdsno.auth.api_keys import Principal
 from pdsno.errors import NotFoundError
 from pdsno.nib.schema import controllers, events
@@ -37,7 +38,9 @@ def list_controllers(
 
 @router.get("/controllers/{controller_id}", response_model=ControllerOut, tags=["controllers"])
 def get_controller(
-    controller_id: str, ctx: Context, _: Annotated[Principal, Depends(require("controllers:read"))]
+    controller_id: Annotated[ControllerId, Path()],
+    ctx: Context,
+    _: Annotated[Principal, Depends(require("controllers:read"))],
 ) -> dict:
     with ctx.engine.connect() as conn:
         row = conn.execute(
@@ -81,9 +84,9 @@ def publish_policy(
 def list_events(
     ctx: Context,
     principal: Annotated[Principal, Depends(require("events:read"))],
-    after_seq: Annotated[int, Query(ge=0)] = 0,
-    event_type: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after_seq: Annotated[SequenceNumber, Query()] = 0,
+    event_type: Annotated[EventType | None, Query()] = None,
+    limit: Annotated[Count, Query(ge=1, le=1000)] = 100,
 ) -> list[dict]:
     query = select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
     if event_type:
