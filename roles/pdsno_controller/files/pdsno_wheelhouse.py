@@ -9,7 +9,8 @@ hash-pinned lock (--require-hashes). Hosts install from it with --no-index.
       resolve pdsno's dependencies for the target and write the lock
   pdsno_wheelhouse.py build --source DIR --lock FILE --out DIR [target options]
       the pdsno wheel plus the locked wheels in DIR, and DIR/requirements.lock
-      (the lock with pdsno's own wheel and hash): what the hosts install
+      (the lock with pdsno's own wheel and hash): what the hosts install,
+      also packed as DIR/wheelhouse.tar
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import tomllib
 from pathlib import Path
@@ -111,6 +113,11 @@ def cmd_build(args: argparse.Namespace) -> None:
     name, version = wheel_name_version(own[0])
     lock += f"\n{name}=={version} \\\n    --hash=sha256:{sha256(own[0])}\n"
     (partial / "requirements.lock").write_text(lock)
+    # One file to copy to each host (a directory costs a round trip a file).
+    with tarfile.open(partial / "wheelhouse.tar", "w") as archive:
+        for path in sorted(partial.iterdir()):
+            if path.name != "wheelhouse.tar":
+                archive.add(path, arcname=path.name)
     partial.rename(args.out)
     print(f"wrote {args.out}: pdsno {version} and {len(list(args.out.glob('*.whl'))) - 1} wheels")
 
