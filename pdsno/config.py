@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pdsno.credentials import apply_credentials
 from pdsno.errors import ConfigurationError
 
 
@@ -245,10 +246,13 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
             for e in error.errors()
         )
         raise ConfigurationError(f"Invalid controller settings: {problems}") from None
+    # Secrets come last, from systemd credentials: never from the file or the environment.
+    apply_credentials(settings)
+    return settings

@@ -85,10 +85,19 @@ def connect(client, conninfo: str, password: str, query: str = "SELECT 1"):
     return client.run("PGPASSWORD=%s psql -XAtq -c %s %s", password, query, conninfo)
 
 
-def tls_conninfo(db_address: str, host_name: str = "db", sslmode: str = "verify-full") -> str:
+def tls_conninfo(
+    db_address: str, host_name: str = "db", sslmode: str = "verify-full", client_cert: bool = True
+) -> str:
+    """A connection string; with the controller's database client certificate
+    (controller-db, CN pdsno) unless client_cert is false."""
+    certificate = (
+        f" sslcert={CERT_DIR}/controller-db.crt sslkey={CERT_DIR}/controller-db.key"
+        if client_cert
+        else ""
+    )
     return (
         f"host={host_name} hostaddr={db_address} dbname=pdsno user=pdsno "
-        f"sslmode={sslmode} sslrootcert={CERT_DIR}/ca.crt connect_timeout=10"
+        f"sslmode={sslmode} sslrootcert={CERT_DIR}/ca.crt connect_timeout=10{certificate}"
     )
 
 
@@ -206,6 +215,15 @@ def test_connection_without_tls_is_refused(ctl, settings, db_address):
     assert result.rc != 0
     assert "pg_hba.conf rejects connection" in result.stderr
     assert "no encryption" in result.stderr
+
+
+def test_the_right_password_without_a_client_certificate_is_refused(ctl, settings, db_address):
+    """clientcert=verify-full by default: a password alone does not log in."""
+    result = connect(
+        ctl, tls_conninfo(db_address, client_cert=False), settings["postgresql_password"]
+    )
+    assert result.rc != 0
+    assert "connection requires a valid client certificate" in result.stderr
 
 
 def test_tls_with_the_right_password_works_and_checks_the_host_name(ctl, settings, db_address):
