@@ -46,7 +46,9 @@ options:
 EXAMPLES = r"""
 - name: Addresses of the controllers and the backup hosts
   ansible.builtin.debug:
-    msg: "{{ ['pdsno_controllers', 'pdsno_backup_hosts'] | pdsno.platform.group_addresses(groups, hostvars) }}"
+    msg: >-
+      {{ ['pdsno_controllers', 'pdsno_backup_hosts']
+         | pdsno.platform.group_addresses(groups, hostvars) }}
 """
 
 RETURN = r"""
