@@ -146,7 +146,7 @@ def test_upload_refuses_a_receiver_not_certified_by_the_pdsno_ca(ctl, log1):
             " --cert=/etc/pdsno/certs/journal-upload.crt"
             " --trust=/etc/pdsno/certs/ca.crt",
             address,
-            ROGUE_PORT,
+            str(ROGUE_PORT),
         )
     finally:
         log1.run("systemctl stop rogue-remote.service")
