@@ -132,11 +132,11 @@ def apply_waiver(cell: dict, waivers: list[dict], host: str, today: date) -> Non
         expires = date.fromisoformat(str(waiver["expires"]))
         if expires < today:
             cell["status"] = "fail"
-            cell["reason"] = f"waiver expired on {expires}: {waiver['reason']} | {cell['reason']}"
+            cell["reason"] = f"waiver expired on {expires}: {waiver['reason']}; {cell['reason']}"
         elif cell["status"] == "fail":
             cell["status"] = "waived"
             cell["reason"] = (
-                f"waived until {expires}: {waiver['reason']} | failing: {cell['reason']}"
+                f"waived until {expires}: {waiver['reason']}; failing: {cell['reason']}"
             )
         else:
             cell["reason"] += f" (a waiver until {expires} exists and is not needed)"
@@ -144,8 +144,13 @@ def apply_waiver(cell: dict, waivers: list[dict], host: str, today: date) -> Non
 
 
 def short(text: str, limit: int = 140) -> str:
-    text = re.sub(r"\s+", " ", text).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = re.sub(r"\s+", " ", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cell_text(text: str, limit: int) -> str:
+    """Text for a Markdown table cell."""
+    return short(text, limit).replace("|", "\\|")
 
 
 def main() -> None:
@@ -276,12 +281,12 @@ def main() -> None:
         for name in columns:
             cell = row.get(name)
             if cell is None:
-                values.append("-")
+                values.append("")
                 continue
-            values.append(f"{labels[cell['status']]}: {short(cell['reason'], 90)}")
+            values.append(f"{labels[cell['status']]}: {cell_text(cell['reason'], 90)}")
             if cell["status"] != "pass":
                 label = labels[cell["status"]]
-                findings.append(f"- {item['id']} on {name}: {label}: {short(cell['reason'], 2000)}")
+                findings.append(f"- {item['id']} on {name}: {label}: {short(cell['reason'], 4000)}")
         title = item["title"] + (
             f" (checked by: {item['stands_for']})" if item.get("stands_for") else ""
         )
@@ -290,12 +295,13 @@ def main() -> None:
             findings.append(
                 f"- {item['id']}: not applicable: no host of {groups} in this inventory"
             )
+            title += f" (n/a: no host of {groups} in this inventory)"
         lines.append(
-            f"| {item['id']} {short(title, 120)} | {item['severity']} | "
+            f"| {item['id']} {cell_text(title, 160)} | {item['severity']} | "
             + " | ".join(values)
             + " |"
         )
-    lines += ["", "- : the item does not apply to the host's groups.", ""]
+    lines += ["", "An empty cell: the item does not apply to the host's groups.", ""]
     if blocking:
         lines += (
             [f"## Blocking (at or above {p['severity_threshold']})", ""]
