@@ -383,6 +383,8 @@ def nft_ports(rules: list[dict]) -> set[int]:
 
 def check_nftables(args: dict) -> tuple[str, str]:
     family, _, name = args["table"].partition(" ")
+    if not shutil.which("nft"):
+        return FAIL, missing(args, "nftables (nft) is not installed")
     result = run(["nft", "-j", "list", "table", family, name])
     if result.returncode:
         return FAIL, missing(args, f"nftables table {args['table']} is absent")

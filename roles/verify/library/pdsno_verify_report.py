@@ -239,7 +239,7 @@ def main() -> None:
         for host, cell in row.items():
             case = ET.SubElement(suite, "testcase", classname=f"pdsno-verify.{host}", name=name)
             if cell is None:
-                reason = f"no host of {', '.join(item['applies_to'])} in this inventory"
+                reason = f"no host of {', '.join(item['applies_to'])} among the hosts checked"
                 ET.SubElement(case, "skipped", message=f"not applicable: {reason}")
             elif cell["status"] == "fail":
                 failure = ET.SubElement(
@@ -293,9 +293,9 @@ def main() -> None:
         if not row:
             groups = ", ".join(item["applies_to"])
             findings.append(
-                f"- {item['id']}: not applicable: no host of {groups} in this inventory"
+                f"- {item['id']}: not applicable: no host of {groups} among the hosts checked"
             )
-            title += f" (n/a: no host of {groups} in this inventory)"
+            title += f" (n/a: no host of {groups} among the hosts checked)"
         lines.append(
             f"| {item['id']} {cell_text(title, 160)} | {item['severity']} | "
             + " | ".join(values)
