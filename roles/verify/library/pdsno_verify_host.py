@@ -335,7 +335,7 @@ def check_postgresql(args: dict) -> tuple[str, str]:
         rules = (
             psql(
                 "SELECT json_agg(json_build_object('line', line_number, 'type', type, "
-                "'method', auth_method, 'error', error, 'file', file_name) ORDER BY line_number) "
+                "'method', auth_method, 'error', error) ORDER BY line_number) "
                 "FROM pg_hba_file_rules",
                 args,
             )
