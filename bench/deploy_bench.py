@@ -65,7 +65,7 @@ def playbook_env(ephemeral: Path) -> dict[str, str]:
         "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(PROJECT / "roles"),
         "ANSIBLE_COLLECTIONS_PATH": str(PROJECT / "collections"),
-        "ANSIBLE_CALLBACKS_ENABLED": "",
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
         "ANSIBLE_NOCOLOR": "1",
         "MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral),
         "MOLECULE_SCENARIO_DIRECTORY": str(scenario_dir),
