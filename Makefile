@@ -32,7 +32,9 @@ help: ## List the targets
 
 deploy: lab-up ## Bring up the lab, deploy site.yml to it, then verify it
 	ansible-playbook -i $(LAB_INVENTORY) site.yml
-	@if [ -f playbooks/verify.yml ]; then ansible-playbook -i $(LAB_INVENTORY) playbooks/verify.yml; fi
+	@if [ -f playbooks/verify.yml ]; then rc=0; ansible-playbook -i $(LAB_INVENTORY) playbooks/verify.yml || rc=$$?; \
+	  python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print("Security checklist: %s: %d pass, %d fail, %d waived, %d not applicable" % (s["markdown"], *(s["counts"][k] for k in ("pass", "fail", "waived", "not_applicable"))))' $(CURDIR)/reports/verify/summary.json; \
+	  exit $$rc; fi
 	@echo "Run reports (per host: ok, changed, failed) are in $(CURDIR)/reports/"
 
 test: lab-image ## Everything a release must pass: lint, pytest, ansible-test, every molecule scenario
