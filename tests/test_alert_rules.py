@@ -49,6 +49,8 @@ def test_every_alert_is_exercised_firing_and_not_firing():
         "PdsnoAuthLockouts",
         "PdsnoProposalsStuckWaiting",
         "PdsnoSecretKeyTooOld",
+        "PdsnoBackupTooOld",
+        "PdsnoBackupVerifyFailed",
     }
     tests = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())["tests"]
     cases = [case for test in tests for case in test["alert_rule_test"]]

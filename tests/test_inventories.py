@@ -13,7 +13,7 @@ def test_inventory_has_every_tier_and_regions(run_ansible, inventory):
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     assert set(listing["pdsno_controllers"]["children"]) == set(CONTROLLER_TIERS)
-    for group in ("pdsno_brokers", "pdsno_databases", *CONTROLLER_TIERS):
+    for group in ("pdsno_brokers", "pdsno_databases", "pdsno_backup_hosts", *CONTROLLER_TIERS):
         assert listing[group]["hosts"], f"{inventory}: {group} has no host"
     hostvars = listing["_meta"]["hostvars"]
     for tier in ("pdsno_regional", "pdsno_local"):

@@ -1,5 +1,5 @@
 """Bad input to the postgresql role fails before any change, naming the variable,
-and never shows the password or the backup key."""
+and never shows the password."""
 
 import json
 
@@ -7,8 +7,7 @@ import pytest
 import yaml
 
 PASSWORD = "pytest-password-that-must-never-show"  # noqa: S105 (a test value)
-BACKUP_KEY = "0123456789abcdef" * 4
-GOOD = {"postgresql_password": PASSWORD, "postgresql_backup_key": BACKUP_KEY}
+GOOD = {"postgresql_password": PASSWORD}
 
 
 def inventory_with(tmp_path, host_vars: dict):
@@ -41,7 +40,6 @@ def assert_failed_early(
     assert result.returncode != 0, output
     assert expected in output
     assert PASSWORD not in output
-    assert BACKUP_KEY not in output
 
     (report_path,) = (tmp_path / "reports").glob(f"{playbook}-*.json")
     report = json.loads(report_path.read_text())
@@ -81,15 +79,6 @@ def assert_failed_early(
         ({"postgresql_settings": {"ssl": False}}, "Offending entry: ssl"),
         ({"postgresql_settings": {"listen_addresses": "*"}}, "Offending entry: listen_addresses"),
         ({"postgresql_settings": {"work_mem": ["8MB"]}}, "Offending entry: work_mem"),
-        ({"postgresql_backup_key": None}, "postgresql_backup_key must be 64 hex"),
-        ({"postgresql_backup_key": "not-a-key"}, "postgresql_backup_key must be 64 hex"),
-        ({"postgresql_backup_keep_count": 0}, "postgresql_backup_keep_count must be at least 1"),
-        ({"postgresql_backup_on_calendar": "daily; rm -rf /"}, "postgresql_backup_on_calendar"),
-        ({"postgresql_backup_dir": "/"}, "postgresql_backup_dir (/)"),
-        (
-            {"postgresql_backup_key_file": "/var/backups/pdsno-postgresql/key"},
-            "the key outside the backup directory",
-        ),
     ],
 )
 def test_bad_variable_fails_before_any_change(run_ansible, tmp_path, host_vars, expected):
@@ -99,29 +88,3 @@ def test_bad_variable_fails_before_any_change(run_ansible, tmp_path, host_vars, 
         "ansible-playbook", "-i", inventory_with(tmp_path, host_vars), "playbooks/postgresql.yml"
     )
     assert_failed_early(result, tmp_path, "postgresql", expected)
-
-
-@pytest.mark.parametrize(
-    ("extra_vars", "expected"),
-    [
-        (
-            {"postgresql_restore_database": "pdsno; DROP"},
-            "postgresql_restore_database (pdsno; DROP)",
-        ),
-        ({"postgresql_restore_file": "backups/latest"}, "postgresql_restore_file (backups/latest)"),
-        (
-            {"postgresql_restore_allow_non_empty": "if you must"},
-            "postgresql_restore_allow_non_empty",
-        ),
-    ],
-)
-def test_bad_restore_variable_fails_before_any_change(run_ansible, tmp_path, extra_vars, expected):
-    result = run_ansible(
-        "ansible-playbook",
-        "-i",
-        inventory_with(tmp_path, {}),
-        "playbooks/restore_nib.yml",
-        "-e",
-        json.dumps(extra_vars),
-    )
-    assert_failed_early(result, tmp_path, "restore_nib", expected, concern_playbook=False)

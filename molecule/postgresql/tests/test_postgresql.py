@@ -2,12 +2,9 @@
 host itself, from the controller it serves, and from an outsider.
 
 side_effect.yml made rows in pdsno (as the NIB owner, over TLS, from ctl),
-ran the backup service once, restored that backup with
-playbooks/restore_nib.yml into pdsno_restored, tried to restore it into the
-non-empty pdsno, and renewed the server certificate with
-playbooks/rotate_certs.yml; it recorded in /var/tmp/postgresql-molecule/
-how the refused restore ended, and the served certificate and server PID
-before and after the renewal.
+and renewed the server certificate with playbooks/rotate_certs.yml; it
+recorded in /var/tmp/postgresql-molecule/ the served certificate and server
+PID before and after the renewal.
 """
 
 from __future__ import annotations
@@ -25,10 +22,6 @@ CONF_FILE = f"{CONF_DIR}/conf.d/90-pdsno.conf"
 LOG = "/var/log/postgresql/postgresql-15-main.log"
 UNIT = "postgresql@15-main"
 CERT_DIR = "/etc/pdsno/certs"
-BACKUP_DIR = "/var/backups/pdsno-postgresql"
-BACKUP_KEY = "/etc/pdsno/backup/postgresql-backup.key"
-TOOL = "/usr/local/sbin/pdsno-pg-backup"
-KNOWN_VALUE = "pdsno-molecule-known-value"
 RECORDS = "/var/tmp/postgresql-molecule"  # noqa: S108 (on the test host, written by the scenario)
 SSL_NOT_RELOADED = "SSL configuration was not reloaded"
 
@@ -107,13 +100,6 @@ def log_size(db) -> int:
 
 def log_since(db, offset: int) -> str:
     return db.run("tail --bytes=+%s %s", str(offset + 1), LOG).stdout
-
-
-def newest_backup(db) -> str:
-    result = db.run("ls -1 %s", BACKUP_DIR)
-    names = sorted(name for name in result.stdout.split() if name.endswith(".pgdump.enc"))
-    assert names, f"no backup in {BACKUP_DIR}"
-    return f"{BACKUP_DIR}/{names[-1]}"
 
 
 # --- the server --------------------------------------------------------------
@@ -358,156 +344,3 @@ def test_nib_owner_has_no_rights_beyond_its_database(db):
     )
     # PUBLIC may not connect; only the owner (and superusers) may.
     assert sql(db, "SELECT has_database_privilege('public', 'pdsno', 'CONNECT')") == "f"
-
-
-# --- backups -----------------------------------------------------------------
-
-
-def test_backup_timer_runs_the_sandboxed_service_as_postgres(db):
-    timer = db.service("pdsno-postgresql-backup.timer")
-    assert timer.is_enabled and timer.is_running
-    show = db.run("systemctl show pdsno-postgresql-backup.service -p User -p ProtectSystem").stdout
-    assert "User=postgres" in show
-    assert "ProtectSystem=strict" in show
-    unit = db.file("/etc/systemd/system/pdsno-postgresql-backup.service").content_string
-    assert f"LoadCredential=backup-key:{BACKUP_KEY}" in unit
-    assert db.run("systemctl show pdsno-postgresql-backup.service -p Result").stdout.strip() == (
-        "Result=success"
-    )
-
-
-def test_backup_key_and_backups_are_private(db):
-    key = db.file(BACKUP_KEY)
-    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
-    assert db.file(BACKUP_KEY.rsplit("/", 1)[0]).mode == 0o700
-    directory = db.file(BACKUP_DIR)
-    assert (directory.user, directory.mode) == ("postgres", 0o700)
-    backup = db.file(newest_backup(db))
-    assert (backup.user, backup.mode) == ("postgres", 0o600)
-
-
-def test_backup_holds_no_readable_sql(db):
-    path = newest_backup(db)
-    for text in ("CREATE TABLE", "COPY ", "molecule_devices", KNOWN_VALUE, "PGDMP"):
-        assert db.run("grep -caF -- %s %s", text, path).stdout.strip() == "0", text
-    # With the key, the same file is the whole dump.
-    plain = db.run(
-        "%s decrypt --in %s --key-file %s | runuser -u postgres -- "
-        "/usr/lib/postgresql/15/bin/pg_restore --file=-",
-        TOOL,
-        path,
-        BACKUP_KEY,
-    )
-    assert plain.rc == 0, plain.stderr
-    assert "CREATE TABLE public.molecule_devices" in plain.stdout
-    assert KNOWN_VALUE in plain.stdout
-
-
-def test_restored_database_has_the_same_rows(db):
-    query = "SELECT id, name, coalesce(note, '') FROM molecule_devices ORDER BY id"
-    original = sql(db, query)
-    assert len(original.splitlines()) == 3
-    assert KNOWN_VALUE in original
-    assert sql(db, query, database="pdsno_restored") == original
-    owner = "SELECT tableowner FROM pg_tables WHERE tablename = 'molecule_devices'"
-    assert sql(db, owner, database="pdsno_restored") == "pdsno"
-
-
-def test_restore_into_a_non_empty_database_is_refused(db):
-    outcome = record(db, "restore-into-non-empty")
-    assert outcome["refused"] is True
-    assert "database pdsno is not empty" in outcome["message"]
-    assert "postgresql_restore_allow_non_empty" in outcome["message"]
-    # The tool itself refuses too, and exits 3.
-    result = db.run(
-        "%s restore --in %s --database pdsno --key-file %s", TOOL, newest_backup(db), BACKUP_KEY
-    )
-    assert result.rc == 3
-    assert "is not empty" in result.stderr
-    assert sql(db, "SELECT count(*) FROM molecule_devices") == "3"
-
-
-def test_altered_backup_or_wrong_key_is_refused(db):
-    path = newest_backup(db)
-    work = db.run("mktemp -d").stdout.strip()
-    try:
-        altered = f"{work}/altered.pgdump.enc"
-        db.run_expect([0], "cp %s %s", path, altered)
-        # Flip one bit of the last byte (inside the final chunk's tag).
-        db.run_expect(
-            [0],
-            "python3 -c %s %s",
-            "import sys, pathlib; p = pathlib.Path(sys.argv[1]); b = bytearray(p.read_bytes());"
-            " b[-1] ^= 1; p.write_bytes(b)",
-            altered,
-        )
-        result = db.run("%s verify --in %s --key-file %s", TOOL, altered, BACKUP_KEY)
-        assert result.rc != 0
-        assert "failed authentication" in result.stderr
-
-        other_key = f"{work}/other.key"
-        db.run_expect([0], "openssl rand -hex 32 > %s", other_key)
-        result = db.run("%s verify --in %s --key-file %s", TOOL, path, other_key)
-        assert result.rc != 0
-        assert "was made with the backup key whose id is" in result.stderr
-    finally:
-        db.run("rm -rf %s", work)
-
-
-def test_retention_keeps_the_newest_and_drops_the_old(db):
-    work = db.run("mktemp -d").stdout.strip()
-    try:
-        db.run_expect([0], "chown postgres:postgres %s && chmod 0700 %s", work, work)
-        names = [
-            "pdsno-20200101T000000Z.pgdump.enc",  # far too old
-            "pdsno-20990101T000000Z.pgdump.enc",  # the future: newest, kept by count
-            "pdsno-20990102T000000Z.pgdump.enc",
-            "other-20200101T000000Z.pgdump.enc",  # another prefix: not ours
-        ]
-        for name in names:
-            db.run_expect([0], "touch %s/%s", work, name)
-        result = db.run(
-            "%s create --database pdsno --dir %s --keep-count 3 --keep-days 30 --key-file %s",
-            TOOL,
-            work,
-            BACKUP_KEY,
-        )
-        assert result.rc == 0, result.stderr
-        left = sorted(db.run("ls -1 %s", work).stdout.split())
-        made = [
-            n
-            for n in left
-            if n.startswith("pdsno-") and not n.startswith(("pdsno-2020", "pdsno-2099"))
-        ]
-        assert len(made) == 1
-        assert "pdsno-20200101T000000Z.pgdump.enc" not in left
-        assert "other-20200101T000000Z.pgdump.enc" in left
-        assert {"pdsno-20990101T000000Z.pgdump.enc", "pdsno-20990102T000000Z.pgdump.enc"} <= set(
-            left
-        )
-    finally:
-        db.run("rm -rf %s", work)
-
-
-# --- drift a rerun repairs (issue 9, item 9) ----------------------------------
-
-
-def test_rerun_repairs_ssl_off_by_alter_system_and_a_trust_line(db, ctl, settings, db_address):
-    rerun = record(db, "drift-rerun")
-    assert not rerun["failed"], rerun["message"]
-    assert sql(db, "SHOW ssl") == "on"
-    assert (
-        sql(db, "SELECT count(*) FROM pg_file_settings WHERE name = 'ssl' AND NOT applied") == "0"
-    )
-    assert "ssl" not in db.file("/var/lib/postgresql/15/main/postgresql.auto.conf").content_string
-    loaded = sql(db, "SELECT count(*) FROM pg_hba_file_rules WHERE auth_method = 'trust'")
-    assert loaded == "0"
-    # Neither without TLS, nor over TLS with a wrong password.
-    plain = connect(
-        ctl, tls_conninfo(db_address, sslmode="disable"), settings["postgresql_password"]
-    )
-    assert plain.rc != 0
-    assert "pg_hba.conf rejects connection" in plain.stderr
-    wrong = connect(ctl, tls_conninfo(db_address), "not-the-password-of-pdsno")
-    assert wrong.rc != 0
-    assert 'password authentication failed for user "pdsno"' in wrong.stderr
