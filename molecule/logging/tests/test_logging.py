@@ -139,6 +139,9 @@ def test_upload_refuses_a_receiver_not_certified_by_the_pdsno_ca(ctl, log1):
         f" --trust=/etc/pdsno/certs/ca.crt --output={ROGUE}/received/"
         " --split-mode=host"
     )
+    # The one-shot upload would read the service's URL= too.
+    conf = "/etc/systemd/journal-upload.conf.d/pdsno.conf"
+    ctl.check_output("mv %s %s.off", conf, conf)
     try:
         result = ctl.run(
             "timeout 20 /lib/systemd/systemd-journal-upload --url=https://%s:%s"
@@ -149,6 +152,7 @@ def test_upload_refuses_a_receiver_not_certified_by_the_pdsno_ca(ctl, log1):
             str(ROGUE_PORT),
         )
     finally:
+        ctl.run("mv %s.off %s", conf, conf)
         log1.run("systemctl stop rogue-remote.service")
     print(result.stderr[-400:])
     assert result.rc not in (0, 124), result
