@@ -133,12 +133,20 @@ def test_upload_refuses_a_receiver_not_certified_by_the_pdsno_ca(ctl, log1):
     address = log1.ansible.get_variables()["ansible_host"]
     log1.run("systemctl stop rogue-remote.service")
     log1.check_output("mkdir -p %s/received", ROGUE)
+    # journal-remote reads the receiver's settings too: the rogue starts without them.
+    remote_conf = "/etc/systemd/journal-remote.conf.d/pdsno.conf"
+    log1.check_output("mv %s %s.off", remote_conf, remote_conf)
     log1.check_output(
         "systemd-run --unit=rogue-remote --collect /lib/systemd/systemd-journal-remote"
         f" --listen-https={ROGUE_PORT} --key={ROGUE}/server.key --cert={ROGUE}/server.crt"
         f" --trust=/etc/pdsno/certs/ca.crt --output={ROGUE}/received/"
         " --split-mode=host"
     )
+    time.sleep(1)
+    log1.check_output("mv %s.off %s", remote_conf, remote_conf)
+    # The one-shot upload would read the service's URL= too.
+    conf = "/etc/systemd/journal-upload.conf.d/pdsno.conf"
+    ctl.check_output("mv %s %s.off", conf, conf)
     try:
         result = ctl.run(
             "timeout 20 /lib/systemd/systemd-journal-upload --url=https://%s:%s"
@@ -149,6 +157,7 @@ def test_upload_refuses_a_receiver_not_certified_by_the_pdsno_ca(ctl, log1):
             str(ROGUE_PORT),
         )
     finally:
+        ctl.run("mv %s.off %s", conf, conf)
         log1.run("systemctl stop rogue-remote.service")
     print(result.stderr[-400:])
     assert result.rc not in (0, 124), result
