@@ -90,7 +90,15 @@ fi
 # whole when it ends, so parallel runs stay readable. `default` is molecule's
 # anchor scenario (molecule/default/molecule.yml): it tests nothing.
 # One at a time by default: two at once is not yet shown faster on 2 cores.
-scenarios=${SCENARIOS:-$(ls molecule/*/molecule.yml | cut -d/ -f2 | grep -vx default)}
+#
+# A scenario that has not yet passed once end to end is listed in
+# molecule/PENDING (name, then why): the default run names it and skips it,
+# so the summary never counts it as passed. `SCENARIOS=name` runs it.
+pending=$(grep -vE '^\s*(#|$)' molecule/PENDING 2>/dev/null | awk '{print $1}')
+scenarios=${SCENARIOS:-$(ls molecule/*/molecule.yml | cut -d/ -f2 | grep -vx default | grep -vxF -f <(echo "$pending"))}
+for scenario in $pending; do
+  [ -n "${SCENARIOS:-}" ] || echo "=== molecule $scenario: NOT RUN, pending: $(grep -E "^$scenario\b" molecule/PENDING | cut -d' ' -f2-)"
+done
 jobs=${MOLECULE_JOBS:-1}
 logs=$(mktemp -d)
 declare -A running=()  # pid -> scenario
