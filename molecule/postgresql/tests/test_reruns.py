@@ -119,7 +119,7 @@ def test_rotation_checks_the_reload_over_tls_even_after_log_rotation(hosts):
     assert result.returncode == 0, tail(result)
     after = db.run("openssl x509 -in /etc/pdsno/certs/postgresql.crt -noout -serial").stdout
     assert after != before
-    # The postgresql role's own reload check ran in the rotation's handler.
+    # The postgresql role's own reload check ran in the rotation.
     assert "TASK [postgresql : Check that PostgreSQL serves" in result.stdout, tail(result, 120)
     served = db.run(
         "openssl s_client -starttls postgres -connect 127.0.0.1:5432 </dev/null 2>/dev/null"
