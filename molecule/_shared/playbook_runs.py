@@ -59,3 +59,11 @@ def recap(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]
 
 def tail(result: subprocess.CompletedProcess[str], lines: int = 60) -> str:
     return "\n".join((result.stdout + result.stderr).splitlines()[-lines:])
+
+
+def assert_ran_and_changed_nothing(result: subprocess.CompletedProcess[str]) -> None:
+    """The run succeeded, reached at least one host, and changed nothing on any."""
+    assert result.returncode == 0, tail(result)
+    counts = recap(result)
+    assert counts, tail(result)
+    assert {host: c["changed"] for host, c in counts.items() if c["changed"]} == {}, tail(result)

@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "_shared"))
-from playbook_runs import recap, role_tags, run_playbook, tail
+from playbook_runs import assert_ran_and_changed_nothing, role_tags, run_playbook
 
 
 @pytest.mark.parametrize("tag", role_tags("mosquitto"))
 def test_tag_works_alone_and_changes_nothing(tag):
     result = run_playbook("playbooks/mosquitto.yml", "--tags", tag)
-    assert result.returncode == 0, tail(result)
-    counts = recap(result)
-    assert counts, tail(result)
-    assert {host: c["changed"] for host, c in counts.items() if c["changed"]} == {}, tail(result)
+    assert_ran_and_changed_nothing(result)
