@@ -105,9 +105,12 @@ def test_stale_cached_addresses_reach_neither_sans_nor_pg_hba(hosts, tmp_path, m
 
 def test_rotation_checks_the_reload_over_tls_even_after_log_rotation(hosts):
     db = hosts["db"]
-    # What logrotate does to Debian's PostgreSQL log (copytruncate).
+    # What logrotate does to Debian's PostgreSQL log (copytruncate). Without
+    # --no-create, truncate opens with O_CREAT, which fs.protected_regular
+    # refuses even to root in this sticky, group-writable directory.
     log = "/var/log/postgresql/postgresql-15-main.log"
-    assert db.run(f"cp {log} {log}.1 && truncate --size=0 {log}").rc == 0
+    rotated = db.run(f"cp {log} {log}.1 && truncate --no-create --size=0 {log}")
+    assert rotated.rc == 0, rotated.stderr
     before = db.run("openssl x509 -in /etc/pdsno/certs/postgresql.crt -noout -serial").stdout
     result = run_playbook(
         "playbooks/rotate_certs.yml",
