@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy import Engine, select, update
 
 from pdsno.api.app import create_app
+from pdsno.api.tls_scope import TlsExtensionProtocol
 from pdsno.approval.classifier import RuleClassifier
 from pdsno.approval.executor import load_executor
 from pdsno.approval.workflow import ApprovalWorkflow
@@ -291,6 +292,8 @@ def _server(
             log_level="info",
             server_header=False,
             ssl_context_factory=factory,
+            # The joining controller's certificate reaches the app (the ASGI tls extension).
+            http=TlsExtensionProtocol,
             # X-Forwarded-For is trusted only from limits.trusted_proxies, by
             # pdsno's own middleware; logging is pdsno's (configure_logging).
             proxy_headers=False,

@@ -284,6 +284,32 @@ def test_the_operator_api_can_require_client_certificates(tmp_path):
         strict.stop()
 
 
+def test_a_joiner_may_name_only_a_host_of_its_own_certificate(gc, workdir):
+    """Issue 11, finding 6: the URL the parent will call back must be a name of
+    the client certificate the joiner presented (uvicorn hands the app no
+    certificate; pdsno's listener adds the ASGI tls extension)."""
+    db_url = f"sqlite:///{workdir / 'nib.db'}"
+    token = pdsno_ok(
+        "token", "create", "--region", "region-a", "--type", "regional", "--db-url", db_url
+    )
+    joiner = peer_client(workdir, "joiner")  # names: 127.0.0.1, localhost
+    body = {
+        "token": token,
+        "controller_type": "regional",
+        "region": "region-a",
+        "name": "rc-joiner",
+        "public_key": SigningKey.generate().public_key_b64,
+    }
+    base = f"https://{HOST}:{ports(gc)['peer']}/api/v1/validation/challenge"
+    with httpx.Client(verify=joiner, timeout=10) as http:
+        elsewhere = http.post(base, json={**body, "url": "https://169.254.169.254:8002"})
+        assert elsewhere.status_code == 403, elsewhere.text
+        assert "not a name of the joining controller's certificate" in elsewhere.json()["detail"]
+        assert "127.0.0.1, localhost" in elsewhere.json()["detail"]
+        own = http.post(base, json={**body, "url": "https://localhost:8002"})
+        assert own.status_code == 200, own.text
+
+
 # ---- certificate reload -----------------------------------------------------------
 
 

@@ -52,8 +52,8 @@ def _count_validation(ctx: ControllerContext, controller_type: str, result: str)
 
 
 def _client_certificate_hosts(http_request: Request) -> list[str] | None:
-    """The names of the client's certificate, when the server passes it on (the ASGI
-    `tls` extension); None when it does not (uvicorn does not)."""
+    """The names of the client's certificate, from the ASGI `tls` extension
+    (pdsno.api.tls_scope); None without TLS (the development mode)."""
     tls = http_request.scope.get("extensions", {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
     if not chain:
