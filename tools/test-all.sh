@@ -41,16 +41,22 @@ if [ "$rc" -eq 5 ]; then
   echo "pytest collected no test: that is a failure" >&2
   record pytest 1
 else
-  read -r tests bad < <(python3 - "$junit" <<'PY'
+  # First line: the counts; then the failed tests' IDs, named again in the
+  # last lines of the run (CI shows only the end of a long log).
+  { read -r tests bad; mapfile -t failed_tests; } < <(python3 - "$junit" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
 suite = ET.parse(sys.argv[1]).getroot()
 suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
 total, errors, failures, skipped = (int(suite.get(k, 0)) for k in ("tests", "errors", "failures", "skipped"))
 print(total - errors - failures - skipped, errors + failures)
+for case in suite.iter("testcase"):
+    if case.find("failure") is not None or case.find("error") is not None:
+        print(f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}")
 PY
 )
   record pytest "$rc" "${tests:-0}" "${bad:-1}"
+  for test in "${failed_tests[@]}"; do failures+=("pytest $test"); done
 fi
 rm -f "$junit"
 
