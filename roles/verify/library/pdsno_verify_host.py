@@ -407,33 +407,49 @@ def check_nftables(args: dict) -> tuple[str, str]:
 
 
 def check_backup(args: dict) -> tuple[str, str]:
-    files = sorted(
-        (str(f) for f in Path(args["dir"]).glob(args["glob"])),
-        key=lambda f: Path(f).stat().st_mtime,
-    )
-    if not files:
-        return FAIL, missing(args, f"no backup in {args['dir']}")
-    newest = files[-1]
-    age_hours = (time.time() - Path(newest).stat().st_mtime) / 3600
+    """pgBackRest's own account of the repository (`pgbackrest info`): the
+    stanza is healthy, the repository encrypted, and a backup recent."""
+    result = run(args["argv"], timeout=int(args.get("timeout", 120)))
+    if result.returncode:
+        output = (result.stderr or result.stdout).strip()
+        return FAIL, missing(
+            args, f"{' '.join(args['argv'])} exited {result.returncode}: {output[-300:]}"
+        )
+    try:
+        stanzas = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    except (ValueError, KeyError, TypeError) as error:
+        return FAIL, f"pgbackrest info printed no stanza list: {error}"
+    stanza = stanzas.get(args["stanza"])
+    if stanza is None:
+        return (
+            FAIL,
+            f"no stanza {args['stanza']} in the repository "
+            f"(stanzas: {', '.join(stanzas) or 'none'})",
+        )
     problems = []
-    if age_hours > float(args["max_age_hours"]):
-        problems.append(f"newest backup {newest} is {age_hours:.0f} h old")
-    magic = bytes.fromhex(args["magic_hex"])
-    with Path(newest).open("rb") as handle:
-        head = handle.read(len(magic))
-    if head != magic:
-        problems.append(f"{newest} does not start with the encrypted format's magic")
-    if args.get("verify_argv"):
-        argv = [a.replace("{file}", newest) for a in args["verify_argv"]]
-        result = run(argv, timeout=300)
-        if result.returncode:
-            problems.append(f"{newest} does not verify: {(result.stderr or result.stdout).strip()}")
+    status = stanza.get("status", {})
+    if status.get("code") != 0:
+        problems.append(f"stanza {args['stanza']}: {status.get('message', 'status unknown')}")
+    ciphers = {repo.get("cipher") for repo in stanza.get("repo", [])} or {stanza.get("cipher")}
+    if ciphers != {args["cipher"]}:
+        problems.append(
+            f"repository cipher {', '.join(sorted(map(str, ciphers)))}, not {args['cipher']}"
+        )
+    backups = stanza.get("backup", [])
+    if not backups:
+        problems.append("no backup in the repository")
+        age_hours = None
+    else:
+        newest = max(backups, key=lambda b: b["timestamp"]["stop"])
+        age_hours = (time.time() - newest["timestamp"]["stop"]) / 3600
+        if age_hours > float(args["max_age_hours"]):
+            problems.append(f"newest backup {newest['label']} is {age_hours:.0f} h old")
     if problems:
         return FAIL, "; ".join(problems)
     return (
         PASS,
-        f"{len(files)} backup(s); newest {Path(newest).name}, {age_hours:.1f} h old, "
-        "encrypted and authenticated",
+        f"stanza {args['stanza']}: {len(backups)} backup(s), newest {newest['label']} "
+        f"({newest['type']}), {age_hours:.1f} h old; repository {args['cipher']}",
     )
 
 
