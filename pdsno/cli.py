@@ -57,6 +57,15 @@ def cmd_controller_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_controller_check(args: argparse.Namespace) -> int:
+    """Read the settings as `controller run` would, and start nothing: the
+    Ansible role checks a new settings file with it before the file replaces
+    the old one."""
+    settings = _settings(args)
+    print(f"{args.config}: valid settings of the {settings.controller_type.value} controller")
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     revision = upgrade(engine_for(args, check_schema=False))
     print(f"NIB schema at revision {revision}")
@@ -226,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     controller = group("controller", "run a controller")
     run = command(controller, "run", cmd_controller_run, "run a controller until stopped")
     run.add_argument("--type", choices=[t.value for t in ControllerType])
+    command(controller, "check", cmd_controller_check, "check a settings file and start nothing")
 
     db = group("db", "the NIB schema")
     command(db, "upgrade", cmd_db_upgrade, "create or upgrade the NIB schema (idempotent)")

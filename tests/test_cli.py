@@ -117,3 +117,24 @@ def test_a_retired_controller_is_refused_as_a_message_sender(tmp_path):
     with pytest.raises(ValidationRefusedError, match="inactive sender"), engine.begin() as conn:
         open_sealed(conn, envelope, recipient_id="rc", window=timedelta(seconds=60))
     engine.dispose()
+
+
+def test_controller_check_names_a_bad_setting_and_accepts_a_good_file(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("type: global\nname: gc1\nlimits:\n  backlog: 128\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("type: global\nname: gc1\nlimits:\n  backlog: 1\n")
+    checked = [
+        subprocess.run(
+            ["pdsno", "controller", "check", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        for path in (good, bad)
+    ]
+    assert checked[0].returncode == 0, checked[0].stderr
+    assert "valid settings of the global controller" in checked[0].stdout
+    assert checked[1].returncode == 1
+    assert "limits.backlog" in checked[1].stderr
