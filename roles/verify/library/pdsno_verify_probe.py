@@ -19,7 +19,8 @@ DOCUMENTATION = r"""
 module: pdsno_verify_probe
 short_description: Probe the PDSNO hosts over the network as an outsider or client would
 description:
-  - Runs on the probe host (a host of pdsno_peers, no part of PDSNO) and, for
+  - Runs on the probe host (an allowed client, or with where=outsider a host of
+    pdsno_peers that is no part of PDSNO) and, for
     every target host and every probe check of an item that applies to it,
     connects as a client would - TCP, TLS with each protocol version, MQTT,
     the PostgreSQL wire protocol, the controller's HTTPS API - and returns one
@@ -45,6 +46,13 @@ options:
     description: Seconds to wait for any one connection.
     type: float
     default: 5
+  where:
+    description:
+      - Which checks to run. C(probe) from a client the firewall lets in (the
+        control node by default), C(outsider) from a host it does not.
+    type: str
+    default: probe
+    choices: [probe, outsider]
 author: PDSNO Platform engineers
 """
 
@@ -523,6 +531,7 @@ def main() -> None:
             "targets": {"type": "list", "elements": "dict", "required": True},
             "cadata": {"type": "str", "required": True},
             "timeout": {"type": "float", "default": 5},
+            "where": {"type": "str", "default": "probe", "choices": ["probe", "outsider"]},
         },
         supports_check_mode=True,
     )
@@ -533,7 +542,7 @@ def main() -> None:
             if not applies(target["groups"], item["applies_to"]):
                 continue
             for index, check in enumerate(item.get("checks", []), start=1):
-                if check.get("where") != "probe" or not applies(
+                if check.get("where") != module.params["where"] or not applies(
                     target["groups"], check.get("groups", item["applies_to"])
                 ):
                     continue
