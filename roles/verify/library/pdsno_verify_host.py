@@ -438,7 +438,6 @@ def check_backup(args: dict) -> tuple[str, str]:
     backups = stanza.get("backup", [])
     if not backups:
         problems.append("no backup in the repository")
-        age_hours = None
     else:
         newest = max(backups, key=lambda b: b["timestamp"]["stop"])
         age_hours = (time.time() - newest["timestamp"]["stop"]) / 3600

@@ -318,13 +318,22 @@ class Probe:
         return status, f"port {port} as {args['user']}: " + "; ".join(r for _, r in verdicts)
 
     # -- the controller's HTTPS API -----------------------------------------
-    def api(self, method: str, path: str, body: object = None, headers: dict | None = None):
-        """One HTTPS request to the API, connecting by address and verifying by name."""
+    def api_connection(self) -> http.client.HTTPSConnection:
+        """A connection to the API, made by address and verified by name."""
         port = self.port("api")
         ctx = self.verifying_context()
         conn = http.client.HTTPSConnection(self.name, port, timeout=self.timeout, context=ctx)
         try:
             conn.sock = ctx.wrap_socket(self.connect(port), server_hostname=self.name)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def api(self, method: str, path: str, body: object = None, headers: dict | None = None):
+        """One HTTPS request to the API, on a connection of its own."""
+        conn = self.api_connection()
+        try:
             data = body if body is None or isinstance(body, (bytes, str)) else json.dumps(body)
             conn.request(
                 method,
@@ -410,11 +419,8 @@ class Probe:
         # One kept-alive connection: a new TLS connection per request would
         # meet the firewall's per-source connection rate first, which is about
         # the API's own rate, and never go fast enough to see the API's 429.
-        port = self.port("api")
-        ctx = self.verifying_context()
-        conn = http.client.HTTPSConnection(self.name, port, timeout=self.timeout, context=ctx)
+        conn = self.api_connection()
         try:
-            conn.sock = ctx.wrap_socket(self.connect(port), server_hostname=self.name)
             for sent in range(1, int(args.get("max_requests", 200)) + 1):
                 conn.request("GET", args.get("path", "/api/v1/auth/me"))
                 response = conn.getresponse()
