@@ -66,6 +66,33 @@ def get(host, url: str, cafile: str = CA) -> tuple[int, str]:
     return (int(code) if code.strip().isdigit() else 0), body
 
 
+LOGIN = """
+import json, ssl, sys, urllib.error, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+body = json.dumps({"username": sys.argv[3], "password": sys.stdin.read()}).encode()
+request = urllib.request.Request(sys.argv[1], body, {"Content-Type": "application/json"})
+try:
+    answer = urllib.request.urlopen(request, context=ctx, timeout=5)
+    print(answer.status); print(answer.read().decode())
+except urllib.error.HTTPError as error:
+    print(error.code); print(error.read().decode())
+"""
+
+
+def login(host, username: str, password: str) -> tuple[int, str]:
+    """POST /api/v1/auth/login over TLS; the password goes through stdin."""
+    result = host.run(
+        "printf %%s %s | python3 -c %s %s %s %s",
+        password,
+        LOGIN,
+        f"https://{address(host)}:8001/api/v1/auth/login",
+        CA,
+        username,
+    )
+    code, _, body = result.stdout.partition("\n")
+    return (int(code) if code.strip().isdigit() else 0), body
+
+
 def ready(host) -> tuple[int, str]:
     """GET /health/ready over TLS, the certificate verified against the CA."""
     return get(host, f"https://{address(host)}:8001/health/ready")
@@ -102,6 +129,15 @@ def test_the_regional_controller_is_validated_under_the_global_one(gc, rc):
     rows = {row["controller_id"]: row for row in map(json.loads, listing.stdout.splitlines())}
     assert rows[gc_id]["type"] == "global" and rows[gc_id]["status"] == "active"
     assert rows[rc_id]["type"] == "regional" and rows[rc_id]["parent_id"] == gc_id
+
+
+def test_the_inventory_s_operator_account_logs_in_with_its_role(gc, settings):
+    account = settings["pdsno_controller_users"][0]
+    code, body = login(gc, account["username"], account["password"])
+    assert code == 200, body
+    assert json.loads(body)["role"] == account["role"]
+    code, body = login(gc, account["username"], account["password"] + "-wrong")
+    assert code == 401, body
 
 
 def test_runs_as_pdsno_from_the_versioned_virtualenv(rc):
