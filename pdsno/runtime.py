@@ -213,7 +213,7 @@ def running_controller(
     )
     identity = ensure_identity(settings, engine, signer, http)
     dispatcher = Dispatcher(engine, sender_id=identity.controller_id, signer=signer, http=http)
-    device_cache: TTLCache[dict] = TTLCache()
+    device_cache: TTLCache[bytes] = TTLCache()
     workflow = ApprovalWorkflow(
         engine=engine,
         identity=identity,

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from starlette.concurrency import run_in_threadpool
+
 V = TypeVar("V")
 
 
@@ -40,24 +42,48 @@ class TTLCache(Generic[V]):
         self.misses = 0
 
     def get_or_load(self, key: str, load: Callable[[], V]) -> V:
+        found, value, since = self._lookup(key)
+        if found:
+            return value  # type: ignore[return-value]
+        loaded = load()  # outside the lock: a slow read must not block other keys
+        self._store(key, loaded, since)
+        return loaded
+
+    async def get_or_load_async(self, key: str, load: Callable[[], V]) -> V:
+        """get_or_load() for the event loop: a hit is answered on the loop,
+        without the thread-pool hop a sync caller costs; only a miss runs the
+        blocking `load` in the thread pool. The same generation rule."""
+        found, value, since = self._lookup(key)
+        if found:
+            return value  # type: ignore[return-value]
+        loaded = await run_in_threadpool(load)
+        self._store(key, loaded, since)
+        return loaded
+
+    def _lookup(self, key: str) -> tuple[bool, V | None, tuple[float, int]]:
+        """(hit, value, since): a miss loads `since` (the time and generation
+        of this lookup), which _store() needs."""
         now = self._clock()
-        with self._lock:
+        with self._lock:  # held for a dict lookup only: no I/O under it
             entry = self._entries.get(key)
             if entry is not None and entry[0] > now:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return entry[1]
+                return True, entry[1], (now, self._generation)
             self.misses += 1
-            generation = self._generation
-        value = load()  # outside the lock: a slow read must not block other keys
+            return False, None, (now, self._generation)
+
+    def _store(self, key: str, value: V, since: tuple[float, int]) -> None:
+        # The entry lives from the lookup, before the load read the NIB: what
+        # is served is never older than the TTL (the revocation bound).
+        now, generation = since
         with self._lock:
             if generation != self._generation:
-                return value  # invalidated while loading: may predate the change
+                return  # invalidated while loading: may predate the change
             self._entries[key] = (now + self._ttl, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
-        return value
 
     def invalidate(self, key: str) -> None:
         with self._lock:
