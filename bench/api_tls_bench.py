@@ -167,7 +167,8 @@ def pdsno_server(
         "type": "global",
         "name": "bench",
         "key_file": str(setup.work / "controller.key"),
-        "state_dir": str(setup.work / f"state-{label}"),
+        # One identity for every controller of the run: a NIB has one global controller.
+        "state_dir": str(setup.work / "state"),
         "listen_port": port,
         "peer_listen_port": free_port(),
         "tls": {
