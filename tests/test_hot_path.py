@@ -12,7 +12,10 @@ hop for each cache it fills.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,9 @@ import anyio.to_thread
 import pytest
 from sqlalchemy import event
 from test_auth import Api, build_api
+
+from pdsno.errors import AuthenticationError
+from pdsno.nib.cache import TTLCache
 
 DEVICE = {"device_id": "sw-hot-1", "name": "hot switch", "region": "region-a"}
 PATH = f"/api/v1/devices/{DEVICE['device_id']}"
@@ -120,3 +126,61 @@ def test_the_device_json_is_what_the_response_model_makes(counted):
     listed = api.client.get("/api/v1/devices", headers=headers).json()
     assert [body] == listed  # the list route still goes through response_model
     assert json.loads(json.dumps(body)) == body
+
+
+# ---- the cache's shared loads ------------------------------------------------------
+
+
+def test_concurrent_misses_of_one_key_share_one_load():
+    cache: TTLCache[str] = TTLCache(ttl_seconds=30)
+    loads: list[str] = []
+
+    def load() -> str:
+        loads.append("read")
+        time.sleep(0.05)  # long enough for every request to miss it
+        return "principal"
+
+    async def many() -> list[str]:
+        return await asyncio.gather(*(cache.get_or_load_async("k", load) for _ in range(10)))
+
+    assert asyncio.run(many()) == ["principal"] * 10
+    assert loads == ["read"]
+
+
+def test_a_miss_after_an_invalidation_does_not_join_a_load_started_before_it():
+    """A logout clears the cache while a request reads the session: a request
+    that arrives after the logout must read again, not share that read."""
+    cache: TTLCache[str] = TTLCache(ttl_seconds=30)
+    answers = iter(["before the logout", "after the logout"])
+    started = threading.Event()
+
+    def load() -> str:
+        started.set()
+        time.sleep(0.05)
+        return next(answers)
+
+    async def scenario() -> tuple[str, str]:
+        first = asyncio.ensure_future(cache.get_or_load_async("k", load))
+        await asyncio.to_thread(started.wait)
+        cache.clear()
+        second = await cache.get_or_load_async("k", load)
+        return await first, second
+
+    assert asyncio.run(scenario()) == ("before the logout", "after the logout")
+    assert cache.get_or_load("k", lambda: "not stored") == "after the logout"
+
+
+def test_a_failed_shared_load_fails_every_request_that_joined_it():
+    cache: TTLCache[str] = TTLCache(ttl_seconds=30)
+
+    def load() -> str:
+        time.sleep(0.05)
+        raise AuthenticationError("API key revoked")
+
+    async def many() -> list[object]:
+        calls = (cache.get_or_load_async("k", load) for _ in range(3))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(many())
+    assert [type(result) for result in results] == [AuthenticationError] * 3
+    assert len(cache) == 0

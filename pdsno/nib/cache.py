@@ -13,6 +13,7 @@ the session just before it committed.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +39,8 @@ class TTLCache(Generic[V]):
         self._clock = clock
         self._lock = threading.Lock()
         self._generation = 0
+        # Loads under way on an event loop, by key: (loop, generation, future).
+        self._loading: dict[str, tuple[asyncio.AbstractEventLoop, int, asyncio.Future[V]]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -52,13 +55,45 @@ class TTLCache(Generic[V]):
     async def get_or_load_async(self, key: str, load: Callable[[], V]) -> V:
         """get_or_load() for the event loop: a hit is answered on the loop,
         without the thread-pool hop a sync caller costs; only a miss runs the
-        blocking `load` in the thread pool. The same generation rule."""
+        blocking `load` in the thread pool. The same generation rule.
+
+        Concurrent misses of one key share one load (when an entry expires
+        under load, every request in flight misses it at once: without this,
+        each took a worker thread and a NIB connection). A miss joins a load
+        only if no invalidation came between: one started before a logout
+        must not answer a request that arrived after it.
+        """
         found, value, since = self._lookup(key)
         if found:
             return value  # type: ignore[return-value]
-        loaded = await run_in_threadpool(load)
-        self._store(key, loaded, since)
-        return loaded
+        loop = asyncio.get_running_loop()
+        pending = self._loading.get(key)
+        if pending is not None and pending[0] is loop and pending[1] == since[1]:
+            try:
+                return await asyncio.shield(pending[2])
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this request was cancelled, not the load it joined
+                # The request that led the load went away: load for this one.
+        future: asyncio.Future[V] = loop.create_future()
+        self._loading[key] = (loop, since[1], future)
+        try:
+            loaded = await run_in_threadpool(load)
+        except BaseException as error:
+            if isinstance(error, Exception):
+                future.set_exception(error)
+                future.exception()  # retrieved: nobody may be waiting for it
+            else:
+                future.cancel()
+            raise
+        else:
+            future.set_result(loaded)
+            self._store(key, loaded, since)
+            return loaded
+        finally:
+            if self._loading.get(key, (None, None, None))[2] is future:
+                del self._loading[key]
 
     def _lookup(self, key: str) -> tuple[bool, V | None, tuple[float, int]]:
         """(hit, value, since): a miss loads `since` (the time and generation
