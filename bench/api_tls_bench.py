@@ -20,7 +20,11 @@ ratio and whether this run meets it. A benchmark, not a test: it asserts
 nothing (`make bench`). Needs wrk (Debian).
 
     python bench/api_tls_bench.py [--seconds 10] [--rounds 3] [--nib sqlite]
-                                  [--profile DIR]
+                                  [--clients 100000] [--profile DIR]
+
+Memory: a controller's resident set (VmRSS) idle, after a warm-up, and after
+--clients requests each from another client address (X-Forwarded-For from a
+trusted proxy, so the rate limiter tracks each one, in its bounded LRU).
 
 --profile DIR runs the rate-limited controller under py-spy (samples of the
 thread holding the GIL: where Python spends the CPU) and writes DIR/pdsno.raw
@@ -157,11 +161,22 @@ class Setup:
     key_file: Path
 
 
+@dataclass(frozen=True)
+class Running:
+    base: str
+    pid: int
+
+
 @contextmanager
 def pdsno_server(
-    setup: Setup, label: str, *, rate_limited: bool, profile: Path | None = None
-) -> Iterator[str]:
-    """A running controller; yields its base URL."""
+    setup: Setup,
+    label: str,
+    *,
+    rate_limited: bool,
+    profile: Path | None = None,
+    trusted_proxies: tuple[str, ...] = (),
+) -> Iterator[Running]:
+    """A running controller: its base URL and process ID."""
     port = free_port()
     settings = {
         "type": "global",
@@ -183,6 +198,7 @@ def pdsno_server(
             "rate_per_second": 1e6,
             "burst": 1_000_000,
             "max_concurrent_requests": 10_000,
+            "trusted_proxies": list(trusted_proxies),
         },
     }
     config = setup.work / f"{label}.yaml"
@@ -212,7 +228,7 @@ def pdsno_server(
     base = f"https://127.0.0.1:{port}"
     try:
         wait_healthy(f"{base}/health/live", setup.ca_file, server)
-        yield base
+        yield Running(base, server.pid)
     finally:
         # py-spy writes its profile when the controller it runs exits.
         stop(server, signal.SIGINT if profile is not None else signal.SIGTERM)
@@ -292,11 +308,14 @@ def prepare(work: Path, db_url: str) -> Setup:
     return Setup(work, env, ca_file, cert_file, key_file)
 
 
-def measure(args: argparse.Namespace, setup: Setup) -> dict[str, dict[str, float]]:
+def measure(
+    args: argparse.Namespace, setup: Setup
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The median of each row, and the API key's headers (for the memory row)."""
     path = f"/api/v1/devices/{DEVICE_ID}"
     with ExitStack() as servers:
-        limited = servers.enter_context(pdsno_server(setup, "pdsno", rate_limited=True))
-        unlimited = servers.enter_context(pdsno_server(setup, "pdsno-rl", rate_limited=False))
+        limited = servers.enter_context(pdsno_server(setup, "pdsno", rate_limited=True)).base
+        unlimited = servers.enter_context(pdsno_server(setup, "pdsno-rl", rate_limited=False)).base
         headers = credentials(setup, limited)
         device_json = httpx.get(
             limited + path, headers=headers["key"], verify=str(setup.ca_file)
@@ -319,11 +338,12 @@ def measure(args: argparse.Namespace, setup: Setup) -> dict[str, dict[str, float
             # Alternate the order, so that no row always follows the same one.
             order = list(rows) if round_number % 2 == 0 else list(reversed(rows))
             for label in order:
+                print(f"round {round_number + 1}: {label}", file=sys.stderr, flush=True)
                 base, row_headers = rows[label]
                 runs[label].append(
                     run_wrk(base + path, row_headers, args.seconds, args.connections)
                 )
-    return {
+    medians = {
         label: {
             "rps": statistics.median(run["rps"] for run in row_runs),
             "p99_ms": statistics.median(run["p99_ms"] for run in row_runs),
@@ -332,21 +352,81 @@ def measure(args: argparse.Namespace, setup: Setup) -> dict[str, dict[str, float
         }
         for label, row_runs in runs.items()
     }
+    return medians, headers["key"]
+
+
+# Each request from another client address (X-Forwarded-For, from a trusted
+# proxy): the rate limiter tracks every one it sees, in a bounded LRU.
+# wrk runs it in chunks (its thread:stop() ends the requests, not the run);
+# each chunk starts where the last ended (its first argument), so every
+# request of the whole run comes from another address.
+DISTINCT_CLIENTS_SCRIPT = """
+local sent = 0
+local headers = {}
+
+init = function(args)
+  sent = tonumber(args[1])
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+end
+
+request = function()
+  sent = sent + 1
+  local a, b = 10 + math.floor(sent / 65536) % 200, math.floor(sent / 256) % 256
+  headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", a, b, sent % 256)
+  return wrk.format(nil, nil, headers)
+end
+"""
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no VmRSS for process {pid}")
+
+
+def memory(args: argparse.Namespace, setup: Setup, headers: dict[str, str]) -> dict[str, float]:
+    """A controller's RSS idle (after a warm-up), then after `--clients` distinct clients."""
+    script = setup.work / "distinct_clients.lua"
+    script.write_text(DISTINCT_CLIENTS_SCRIPT)
+    with pdsno_server(
+        setup, "pdsno-memory", rate_limited=True, trusted_proxies=("127.0.0.1",)
+    ) as server:
+        url = f"{server.base}/api/v1/devices/{DEVICE_ID}"
+        run_wrk(url, headers, 2, args.connections)  # warm: caches, pools, first-use imports
+        idle = resident_mib(server.pid)
+        print(f"memory: {args.clients} distinct clients", file=sys.stderr, flush=True)
+        header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+        command = ["wrk", "-t1", "-c", str(args.connections), "-d", "10s", "-s", str(script)]
+        answered = 0
+        while answered < args.clients:
+            output = subprocess.run(
+                [*command, *header_args, url, "--", str(answered)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
+            answered += int(re.search(r"(\d+) requests in", output)[1])
+        loaded = resident_mib(server.pid)
+    return {"idle_mib": idle, "loaded_mib": loaded, "clients": answered}
 
 
 def profile(args: argparse.Namespace, setup: Setup, directory: Path) -> None:
     """The rate-limited controller under py-spy, loaded by the API-key row."""
     directory.mkdir(parents=True, exist_ok=True)
-    with pdsno_server(setup, "pdsno-profile", rate_limited=True, profile=directory) as base:
-        headers = credentials(setup, base)
-        run_wrk(f"{base}/api/v1/devices/{DEVICE_ID}", headers["key"], args.seconds, 32)
+    with pdsno_server(setup, "pdsno-profile", rate_limited=True, profile=directory) as server:
+        headers = credentials(setup, server.base)
+        run_wrk(f"{server.base}/api/v1/devices/{DEVICE_ID}", headers["key"], args.seconds, 32)
     raw = (directory / "pdsno.raw").read_text()
     top = summarise(raw, limit=12)
     (directory / "pdsno-top.txt").write_text(top)
     print(top)
 
 
-def report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+def report(
+    args: argparse.Namespace, results: dict[str, dict[str, float]], rss: dict[str, float] | None
+) -> None:
     print(
         f"\nGET /api/v1/devices/{{id}} over TLS 1.3, NIB on {args.nib}, {args.connections} "
         f"connections, {args.seconds} s a run, median of {args.rounds} interleaved runs, "
@@ -369,7 +449,15 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> No
         value = target.measure(results)
         bound = f"{'>=' if target.at_least else '<='}{target.bound:g}"
         print(f"{target.name:<42} {bound:>7} {value:>7.2f}  {'yes' if target.met(value) else 'NO'}")
-    print(json.dumps(results))
+    if rss is not None:
+        growth = rss["loaded_mib"] - rss["idle_mib"]
+        name = f"RSS growth after {rss['clients']:.0f} clients (MiB)"
+        print(
+            f"{name:<42} {'<=64':>7} "
+            f"{growth:>7.1f}  {'yes' if growth <= 64 else 'NO'}   "
+            f"(idle {rss['idle_mib']:.1f} MiB, after {rss['loaded_mib']:.1f} MiB)"
+        )
+    print(json.dumps({**results, "memory": rss}))
 
 
 def main() -> None:
@@ -379,6 +467,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--nib", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--profile", type=Path, help="profile the controller instead")
+    parser.add_argument(
+        "--clients", type=int, default=100_000, help="distinct clients of the memory row (0: none)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -398,7 +489,9 @@ def main() -> None:
         if args.profile is not None:
             profile(args, setup, args.profile)
         else:
-            report(args, measure(args, setup))
+            results, headers = measure(args, setup)
+            rss = memory(args, setup, headers) if args.clients else None
+            report(args, results, rss)
     finally:
         if postgres is not None:
             postgres.stop()
