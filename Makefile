@@ -98,5 +98,6 @@ AUDIT_SERVICE ?= pypi
 audit: deps ## pip-audit: exit 1 vulnerable, 3 vulnerability database unreachable (not audited)
 	python tools/dependency_audit.py --service $(AUDIT_SERVICE) --package . requirements-dev.txt $(AUDIT_LOCKS)
 
-bench: deps ## API benchmark: pdsno vs a bare uvicorn TLS app, with and without the rate limiter
+bench: deps ## Benchmarks of issue 14: the API vs bare and minimal apps, events vs raw paho (docs/performance.md)
 	python bench/api_tls_bench.py
+	python bench/events_bench.py

@@ -28,8 +28,11 @@ class ControllerContext:
     workflow: ApprovalWorkflow
     dispatcher: Dispatcher
     publisher: OutboxPublisher | None = None
-    device_cache: TTLCache[dict] = field(default_factory=TTLCache)
+    # A device by its ID, as the JSON the API answers with (DeviceOut).
+    device_cache: TTLCache[bytes] = field(default_factory=TTLCache)
     metrics: Metrics | None = None
     # Principals by the SHA-256 of the credential that proved them.
     auth_cache: TTLCache[Any] | None = None
+    # Regions of resources named by a path ("device_id=<id>"), as long as auth_cache.
+    region_cache: TTLCache[str | None] | None = None
     started_at: datetime = field(default_factory=utcnow)

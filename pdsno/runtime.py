@@ -213,7 +213,7 @@ def running_controller(
     )
     identity = ensure_identity(settings, engine, signer, http)
     dispatcher = Dispatcher(engine, sender_id=identity.controller_id, signer=signer, http=http)
-    device_cache: TTLCache[dict] = TTLCache()
+    device_cache: TTLCache[bytes] = TTLCache()
     workflow = ApprovalWorkflow(
         engine=engine,
         identity=identity,
@@ -289,7 +289,10 @@ def _server(
             app,
             host=host,
             port=port,
-            log_level="info",
+            # None: uvicorn would set its loggers (uvicorn.access too) to this
+            # level over logging.level, and format an access line per request
+            # that the settings asked not to have.
+            log_level=None,
             server_header=False,
             ssl_context_factory=factory,
             # The joining controller's certificate reaches the app (the ASGI tls extension).

@@ -372,3 +372,18 @@ def test_stop_is_prompt_and_idempotent_with_no_broker(
     publisher.stop()
     assert time.monotonic() - started < 5
     assert not publisher.connected
+
+
+def test_a_committed_event_wakes_the_publisher_without_notify(
+    nib_engine: Engine,
+    subscriber: Subscriber,
+    signer: SigningKey,
+    make_publisher: Callable[..., OutboxPublisher],
+) -> None:
+    """Nothing in pdsno called notify(): a lone event waited for the poll.
+    The connection that wrote it wakes the publisher once its transaction ended."""
+    publisher = make_publisher(nib_engine, poll_interval=3600)
+    publisher.start()
+    wait_until(lambda: publisher.connected, "the publisher is connected")
+    produced = produce(nib_engine, signer)
+    wait_until(lambda: subscriber.received() == set(produced), "the event arrives", timeout=10)

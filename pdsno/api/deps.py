@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Column, Table, select
+from starlette.concurrency import run_in_threadpool
 
 from pdsno.api.middleware.ratelimit import charge_verified_identity, identity_key
 from pdsno.auth import api_keys, sessions
@@ -51,9 +52,17 @@ REGION_OF_PATH_PARAMETER: dict[str, tuple[Table, Column]] = {
 # tests/test_route_permissions.py calls every route as a principal of
 # another region and fails for one that lets it through.
 REGION_RULES = ("request", "controller", "own")
+# Entries of each of the credential and region caches (LRU beyond it).
+CACHED_ENTRIES = 10_000
 
 
-def context(request: Request) -> ControllerContext:
+# Every dependency here is `async def`: FastAPI runs a sync one in the thread
+# pool, a hop (two loop wake-ups and a worker's lock) for work that does no
+# I/O. Only a cache miss reads the NIB, in the thread pool (tests/test_hot_path.py
+# counts the hops and queries of an authenticated device read).
+
+
+async def context(request: Request) -> ControllerContext:
     return request.app.state.context
 
 
@@ -68,7 +77,7 @@ def _unauthenticated(detail: str) -> HTTPException:
     )
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     presented_key: Annotated[str | None, Security(API_KEY_HEADER)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
@@ -95,8 +104,9 @@ def authenticate(
     try:
         cache = _auth_cache(ctx)
         if cache is None:
-            return verify()
-        principal = cache.get_or_load(sha256_hex(credential.encode()), verify)
+            principal = await run_in_threadpool(verify)
+        else:
+            principal = await cache.get_or_load_async(sha256_hex(credential.encode()), verify)
     except AuthenticationError as error:
         raise _unauthenticated(str(error)) from None
     if principal.expires_at is not None and principal.expires_at <= utcnow():
@@ -115,8 +125,26 @@ def _auth_cache(ctx: ControllerContext) -> TTLCache[Principal] | None:
     if seconds <= 0:
         return None
     if ctx.auth_cache is None:
-        ctx.auth_cache = TTLCache(max_entries=10_000, ttl_seconds=seconds)
+        ctx.auth_cache = TTLCache(max_entries=CACHED_ENTRIES, ttl_seconds=seconds)
     return ctx.auth_cache
+
+
+def _region_cache(ctx: ControllerContext) -> TTLCache[str | None] | None:
+    """The regions of resources named by a path, kept as long as a verified
+    credential (auth.cache_seconds): a region changed by another controller
+    applies here within the bound a revocation does; none when it is 0."""
+    seconds = ctx.settings.auth.cache_seconds
+    if seconds <= 0:
+        return None
+    if ctx.region_cache is None:
+        ctx.region_cache = TTLCache(max_entries=CACHED_ENTRIES, ttl_seconds=seconds)
+    return ctx.region_cache
+
+
+def forget_region(ctx: ControllerContext, parameter: str, value: str) -> None:
+    """A resource's region changed here: the region check sees it at once."""
+    if ctx.region_cache is not None:
+        ctx.region_cache.invalidate(f"{parameter}={value}")
 
 
 Authenticated = Annotated[Principal, Depends(authenticate)]
@@ -138,11 +166,11 @@ def require(permission: str, *, region: str = "request") -> Callable[..., Princi
     if region not in REGION_RULES:
         raise ValueError(f"unknown region rule {region!r}: one of {', '.join(REGION_RULES)}")
 
-    def check(request: Request, principal: Authenticated, ctx: Context) -> Principal:
+    async def check(request: Request, principal: Authenticated, ctx: Context) -> Principal:
         if not principal.may(permission):
             raise PermissionDeniedError(principal.why_not(permission))
         if principal.region is not None and region != "own":
-            _check_request_region(request, principal, ctx)
+            await _check_request_region(request, principal, ctx)
             if region == "controller":
                 principal.check_region(
                     ctx.identity.region, f"controller {ctx.identity.controller_id}"
@@ -154,24 +182,38 @@ def require(permission: str, *, region: str = "request") -> Callable[..., Princi
     return check
 
 
-def _check_request_region(request: Request, principal: Principal, ctx: ControllerContext) -> None:
+class _NoSuchResourceError(Exception):
+    """A path names a resource that does not exist: never cached."""
+
+
+async def _check_request_region(
+    request: Request, principal: Principal, ctx: ControllerContext
+) -> None:
     requested = request.query_params.get("region")
     if requested is not None:
         principal.check_region(requested, "the requested region")
-    lookups = [
-        (name, *REGION_OF_PATH_PARAMETER[name])
-        for name in request.path_params
-        if name in REGION_OF_PATH_PARAMETER
-    ]
-    if not lookups:
-        return
-    with ctx.engine.connect() as conn:
-        for name, table, key in lookups:
-            value = request.path_params[name]
-            row = conn.execute(select(table.c.region).where(key == value)).first()
-            # A missing resource is the handler's 404; one of no region is refused.
-            if row is not None:
-                principal.check_region(row.region, f"{name.removesuffix('_id')} {value}")
+    cache = _region_cache(ctx)
+    for name, value in request.path_params.items():
+        if name not in REGION_OF_PATH_PARAMETER:
+            continue
+        table, key = REGION_OF_PATH_PARAMETER[name]
+
+        def read_region(table: Table = table, key: Column = key, value: str = value) -> str | None:
+            with ctx.engine.connect() as conn:
+                row = conn.execute(select(table.c.region).where(key == value)).first()
+            if row is None:
+                raise _NoSuchResourceError
+            return row.region
+
+        try:
+            if cache is None:
+                resource_region = await run_in_threadpool(read_region)
+            else:
+                resource_region = await cache.get_or_load_async(f"{name}={value}", read_region)
+        except _NoSuchResourceError:
+            continue  # a missing resource is the handler's 404
+        # One of no region is refused.
+        principal.check_region(resource_region, f"{name.removesuffix('_id')} {value}")
 
 
 def region_scope(principal: Principal, requested: str | None) -> str | None:

@@ -17,6 +17,10 @@ from pdsno.nib.schema import outbox
 from pdsno.security.keys import SigningKey
 
 TOPIC_ROOT = "pdsno/v1"
+# Set in the DBAPI connection's info by enqueue(); a publisher on the engine
+# (pdsno.events.publisher) wakes when that connection goes back to the pool,
+# after its transaction ended, so a lone event need not wait for the poll.
+WRITTEN_MARK = "pdsno.outbox.written"
 
 
 def topic_for(event_type: str, region: str | None) -> str:
@@ -59,4 +63,5 @@ def enqueue(
             attempts=0,
         )
     )
+    conn.info[WRITTEN_MARK] = True
     return payload["event_id"]

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, event, select, update
 
 from pdsno.clock import utcnow
 from pdsno.config import MqttSettings
+from pdsno.events.outbox import WRITTEN_MARK
 from pdsno.nib.schema import outbox
 
 log = logging.getLogger("pdsno.events")
@@ -31,8 +32,10 @@ JOIN_TIMEOUT_SECONDS = 10.0
 class OutboxPublisher:
     """Sends unsent outbox rows to the broker from a daemon thread.
 
-    Callers invoke notify() after committing an outbox row so that it goes out
-    at once; rows written by other processes are found by polling.
+    A connection of this engine that wrote an outbox row wakes it when it
+    returns to the pool (after its commit: the row is visible by then), so a
+    lone event goes out at once; notify() does the same by hand. Rows written
+    by other processes are found by polling.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class OutboxPublisher:
         self._thread = threading.Thread(
             target=self._run, name=f"outbox-publisher-{self._client_id}", daemon=True
         )
+        event.listen(self._engine, "checkin", self._on_checkin)
         self._thread.start()
 
     def stop(self) -> None:
@@ -108,6 +112,8 @@ class OutboxPublisher:
                 return
             self._stopping.set()
         self._wake.set()
+        if event.contains(self._engine, "checkin", self._on_checkin):
+            event.remove(self._engine, "checkin", self._on_checkin)
         if self._thread is not None:
             self._thread.join(JOIN_TIMEOUT_SECONDS)
             if self._thread.is_alive():
@@ -118,6 +124,13 @@ class OutboxPublisher:
         # Returns within about a second: paho's loop checks for termination while it waits.
         self._client.loop_stop()
         log.info("Outbox publisher %s stopped", self._client_id)
+
+    def _on_checkin(self, _dbapi_connection: Any, record: Any) -> None:
+        # The transaction ended (committed or rolled back: a spurious wake
+        # costs one empty read). Also called for a connection that failed, without info.
+        info = getattr(record, "info", None)
+        if info is not None and info.pop(WRITTEN_MARK, False):
+            self._wake.set()
 
     # --- paho ---------------------------------------------------------------
 

@@ -1,0 +1,289 @@
+"""Events: the outbox end to end against a raw paho QoS 1 loop, and one event's latency.
+
+One Mosquitto whose only listener is TLS with client certificates (the
+tests' TlsMosquitto: it does not set `set_tcp_nodelay`, as roles/mosquitto
+does not), the NIB on PostgreSQL unless --nib sqlite. Rows, interleaved,
+the median of --rounds:
+
+  raw paho   N QoS 1 publishes over TLS, timed until the last PUBACK
+  outbox     N events enqueued with pdsno.events.outbox.enqueue, one
+             transaction each, while an OutboxPublisher delivers them;
+             timed until the last is marked sent (on its PUBACK)
+
+A QoS 1 subscriber counts every event of the outbox runs: lost (never
+received) and duplicated (received more than once, before its dedup).
+Then the enqueue-to-PUBACK latency of single events on an idle publisher
+(p50, p99). A benchmark, not a test: it asserts nothing.
+
+    python bench/events_bench.py [--events 20000] [--rounds 3] [--latency-samples 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import ssl
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from sqlalchemy import Engine, delete
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from services import PostgresServer, ServiceUser, private_directory  # noqa: E402
+from tlsutil import CertificateAuthority, TlsMosquitto, client_context  # noqa: E402
+
+from pdsno.config import MqttSettings  # noqa: E402
+from pdsno.events.outbox import enqueue  # noqa: E402
+from pdsno.events.publisher import OutboxPublisher  # noqa: E402
+from pdsno.nib.engine import create_nib_engine, upgrade  # noqa: E402
+from pdsno.nib.schema import outbox  # noqa: E402
+from pdsno.security.keys import SigningKey  # noqa: E402
+
+SENDER = "bench-controller"
+REGION = "bench"
+RAW_TOPIC = "bench/raw"
+OUTBOX_TOPICS = "pdsno/v1/#"
+
+
+def paho_client(name: str, context: ssl.SSLContext) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}"
+    )
+    client.tls_set_context(context)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    return client
+
+
+def connect(client: mqtt.Client, broker: TlsMosquitto) -> None:
+    connected = threading.Event()
+    client.on_connect = lambda *_args: connected.set()
+    client.connect(broker.host, broker.port, 30)
+    client.loop_start()
+    if not connected.wait(30):
+        raise SystemExit("the bench client did not connect to the broker")
+
+
+class Subscriber:
+    """Counts each outbox event it receives, by event_id."""
+
+    def __init__(self, broker: TlsMosquitto, context: ssl.SSLContext) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._client = paho_client("bench-subscriber", context)
+        subscribed = threading.Event()
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_args: subscribed.set()
+        connect(self._client, broker)
+        self._client.subscribe(OUTBOX_TOPICS, qos=1)
+        if not subscribed.wait(30):
+            raise SystemExit("the bench subscriber was not subscribed")
+
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        event_id = json.loads(message.payload)["event_id"]
+        with self._lock:
+            self.counts[event_id] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def raw_paho(broker: TlsMosquitto, context: ssl.SSLContext, count: int) -> float:
+    """Messages a second of a QoS 1 publish loop, until the last PUBACK."""
+    client = paho_client("bench-raw", context)
+    connect(client, broker)
+    payload = json.dumps({"event_id": "raw", "body": {"device_id": "switch"}}).encode()
+    try:
+        started = time.perf_counter()
+        infos = [client.publish(RAW_TOPIC, payload, qos=1) for _ in range(count)]
+        for info in infos:
+            info.wait_for_publish(60)
+        return count / (time.perf_counter() - started)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting until {what}")
+        time.sleep(0.001)
+
+
+def outbox_run(
+    engine: Engine, publisher: OutboxPublisher, signer: SigningKey, count: int
+) -> tuple[float, list[str]]:
+    """Events a second, enqueue of the first to PUBACK of the last; and their IDs."""
+    before = publisher.published
+    produced = []
+    started = time.perf_counter()
+    for index in range(count):
+        with engine.begin() as conn:
+            produced.append(
+                enqueue(
+                    conn,
+                    "device.updated",
+                    {"device_id": f"switch-{index}"},
+                    region=REGION,
+                    sender_id=SENDER,
+                    signer=signer,
+                )
+            )
+    wait_until(lambda: publisher.published - before >= count, 600, "every event is sent")
+    return count / (time.perf_counter() - started), produced
+
+
+def single_event_latency(
+    engine: Engine, publisher: OutboxPublisher, signer: SigningKey, samples: int
+) -> list[float]:
+    """Milliseconds from enqueue (before its transaction) to its PUBACK, one at a time."""
+    latencies = []
+    for index in range(samples):
+        before = publisher.published
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            enqueue(
+                conn,
+                "device.updated",
+                {"device_id": f"lone-{index}"},
+                region=REGION,
+                sender_id=SENDER,
+                signer=signer,
+            )
+        wait_until(lambda before=before: publisher.published > before, 30, "the event is sent")
+        latencies.append(1000 * (time.perf_counter() - started))
+        time.sleep(0.02)  # idle between events, as a quiet controller is
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure(args: argparse.Namespace, db_url: str, work: Path) -> dict[str, Any]:
+    ca = CertificateAuthority.create()
+    ca_file = ca.write_ca(work / "ca.crt")
+    cert_file, key_file = ca.issue("bench-controller").write(
+        work / "client.crt", work / "client.key"
+    )
+    context = client_context(ca_file, cert_file, key_file)
+    broker = TlsMosquitto(ca).start()
+    engine = create_nib_engine(db_url)
+    upgrade(engine)
+    signer = SigningKey.generate()
+    settings = MqttSettings(enabled=True, host=broker.host, port=broker.port)
+    publisher = OutboxPublisher(
+        engine, settings, client_id=SENDER, ssl_context=context, sender_id=SENDER
+    )
+    subscriber = Subscriber(broker, context)
+    publisher.start()
+    try:
+        wait_until(lambda: publisher.connected, 30, "the publisher is connected")
+        raw_rates, outbox_rates, lost, duplicated = [], [], 0, 0
+        for round_number in range(args.rounds):
+            order = ("raw", "outbox") if round_number % 2 == 0 else ("outbox", "raw")
+            for row in order:
+                if row == "raw":
+                    raw_rates.append(raw_paho(broker, context, args.events))
+                    continue
+                subscriber.reset()
+                rate, produced = outbox_run(engine, publisher, signer, args.events)
+                outbox_rates.append(rate)
+                time.sleep(1)  # deliveries to the subscriber trail the PUBACKs
+                lost += sum(1 for event_id in produced if subscriber.counts[event_id] == 0)
+                duplicated += sum(max(0, n - 1) for n in subscriber.counts.values())
+                with engine.begin() as conn:  # the next run starts from an empty outbox
+                    conn.execute(delete(outbox))
+        latencies = single_event_latency(engine, publisher, signer, args.latency_samples)
+    finally:
+        publisher.stop()
+        subscriber.stop()
+        engine.dispose()
+        broker.stop()
+    return {
+        "raw_rates": raw_rates,
+        "outbox_rates": outbox_rates,
+        "raw": statistics.median(raw_rates),
+        "outbox": statistics.median(outbox_rates),
+        "lost": lost,
+        "duplicated": duplicated,
+        "latency_p50_ms": percentile(latencies, 0.50),
+        "latency_p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    print(
+        f"\nEvents over MQTT QoS 1, TLS with client certificates, NIB on {args.nib}, "
+        f"N = {args.events}, median of {args.rounds} interleaved runs"
+    )
+    rates = ", ".join(f"{rate:.0f}" for rate in results["raw_rates"])
+    print(f"raw paho    {results['raw']:>8.0f} msg/s     runs {rates}")
+    rates = ", ".join(f"{rate:.0f}" for rate in results["outbox_rates"])
+    print(f"outbox      {results['outbox']:>8.0f} events/s  runs {rates}")
+    print(f"lost {results['lost']}, duplicated {results['duplicated']} (every outbox run)")
+    print(
+        f"single event, enqueue to PUBACK: p50 {results['latency_p50_ms']:.1f} ms, "
+        f"p99 {results['latency_p99_ms']:.1f} ms ({args.latency_samples} events)"
+    )
+    ratio = results["outbox"] / results["raw"]
+    exact = results["lost"] == 0 and results["duplicated"] == 0
+    p99 = results["latency_p99_ms"]
+    print(f"\n{'target':<42} {'bound':>7} {'value':>7}  met")
+    print(f"{'outbox vs raw paho events/s':<42} {'>=0.5':>7} {ratio:>7.2f}  {_met(ratio >= 0.5)}")
+    print(f"{'lost + duplicated':<42} {'==0':>7} {results['lost'] + results['duplicated']:>7}  "
+          f"{_met(exact)}")  # fmt: skip
+    print(f"{'single event p99 ms':<42} {'<=20':>7} {p99:>7.1f}  {_met(p99 <= 20)}")
+    print(json.dumps(results))
+
+
+def _met(condition: bool) -> str:
+    return "yes" if condition else "NO"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--nib", choices=["postgresql", "sqlite"], default="postgresql")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pdsno-events-bench-"))
+    postgres = None
+    if args.nib == "postgresql":
+        owner = ServiceUser.for_service("postgres")
+        postgres = PostgresServer(private_directory("pdsno-bench-pg-", owner), owner)
+        postgres.init()
+        postgres.start()
+        db_url = postgres.create_database()
+    else:
+        db_url = f"sqlite:///{work / 'nib.db'}"
+    try:
+        report(args, measure(args, db_url, work))
+    finally:
+        if postgres is not None:
+            postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
