@@ -27,7 +27,8 @@ description:
     (pass, fail or not_applicable, with the reason).
   - Reads files, unit properties and the services' effective configuration;
     runs only read-only commands (systemctl show, systemd-analyze security,
-    openssl, psql SELECTs, nft list). Works the same in check mode.
+    openssl, psql SELECTs, nft list, sshd -T, auditctl -s and -l,
+    modprobe --showconfig). Works the same in check mode.
 options:
   checklist:
     description: The items (id, applies_to, checks); see roles/verify/vars/main.yml.
@@ -524,6 +525,126 @@ def check_command(args: dict) -> tuple[str, str]:
     return PASS, args.get("description") or f"{' '.join(args['argv'])} succeeded"
 
 
+def sshd_settings(argv: list[str]) -> dict[str, list[str]]:
+    """sshd's effective configuration (sshd -T): keyword to its values."""
+    result = run(argv)
+    if result.returncode:
+        raise CheckError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
+    settings: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            settings.setdefault(key.lower(), []).append(value.strip())
+    return settings
+
+
+def check_sshd(args: dict) -> tuple[str, str]:
+    """The server sshd runs as configured: exact settings, upper bounds,
+    algorithm lists without forbidden names, the groups that may log in."""
+    if not shutil.which(args.get("argv", ["sshd"])[0]):
+        return FAIL, missing(args, "the OpenSSH server (sshd) is not installed")
+    live = sshd_settings(args.get("argv", ["sshd", "-T"]))
+    problems = []
+    for key, wanted in (args.get("settings") or {}).items():
+        value = " ".join(live.get(key, []))
+        if value.lower() != str(wanted).lower():
+            problems.append(f"{key} is {value or 'unset'}, not {wanted}")
+    for key, highest in (args.get("max") or {}).items():
+        value = (live.get(key) or [""])[0]
+        if not value.isdigit() or int(value) > int(highest):
+            problems.append(f"{key} is {value or 'unset'}, more than {highest}")
+    for key, lowest in (args.get("min") or {}).items():
+        value = (live.get(key) or [""])[0]
+        if not value.isdigit() or int(value) < int(lowest):
+            problems.append(f"{key} is {value or 'unset'}, less than {lowest}")
+    for key, pattern in (args.get("forbidden") or {}).items():
+        names = ",".join(live.get(key, [])).split(",")
+        bad = [n for n in names if n and re.search(pattern, n)]
+        if bad:
+            problems.append(f"{key} offers {', '.join(bad)}")
+    for key, pattern in (args.get("only") or {}).items():
+        names = [n for n in ",".join(live.get(key, [])).split(",") if n]
+        bad = [n for n in names if not re.fullmatch(pattern, n)]
+        if bad or not names:
+            problems.append(f"{key} offers {', '.join(bad) or 'nothing'}")
+    groups = args.get("allow_groups") or []
+    if groups:
+        have = " ".join(live.get("allowgroups", [])).split()
+        if sorted(have) != sorted(groups):
+            problems.append(f"AllowGroups is {' '.join(have) or 'unset'}, not {' '.join(groups)}")
+    if problems:
+        return FAIL, "sshd -T: " + "; ".join(problems)
+    checked = [*(args.get("settings") or {}), *(args.get("max") or {}), *(args.get("min") or {})]
+    note = f", AllowGroups {' '.join(groups)}" if groups else ""
+    return PASS, f"sshd -T: {', '.join(checked)} as required, no weak algorithm{note}"
+
+
+def check_auditd(args: dict) -> tuple[str, str]:
+    """The audit rules are installed; where the kernel lets this host control
+    auditing they are loaded and auditd runs, in a container that is not
+    applicable and said so."""
+    rules = Path(args["rules_file"])
+    if not rules.exists():
+        return FAIL, missing(args, f"no audit rules at {rules}")
+    text = rules.read_text(encoding="utf-8")
+    absent = [key for key in args.get("keys", []) if f"-k {key}" not in text]
+    if absent:
+        return FAIL, f"{rules} has no rule with key {', '.join(absent)}"
+    status = run(args.get("status_command", ["auditctl", "-s"]))
+    if status.returncode:
+        why = (status.stderr or status.stdout).strip() or f"exit {status.returncode}"
+        return NA, (
+            f"auditd not applicable in a container: the kernel refuses audit control "
+            f"({why}); the rules are installed in {rules}"
+        )
+    props = unit_properties("auditd.service", ["ActiveState"])
+    if props.get("ActiveState") != "active":
+        return FAIL, f"the kernel allows audit control but auditd is {props.get('ActiveState')}"
+    loaded = run(args.get("list_command", ["auditctl", "-l"])).stdout
+    unloaded = [key for key in args.get("keys", []) if f"key={key}" not in loaded]
+    if unloaded:
+        return FAIL, f"auditd runs but the rules with key {', '.join(unloaded)} are not loaded"
+    return PASS, f"auditd active, rules {', '.join(args.get('keys', []))} loaded from {rules}"
+
+
+def check_password_ageing(args: dict) -> tuple[str, str]:
+    """Every human account (UID in the range) with a usable password ages."""
+    shadow_path = args.get("shadow", "/etc/shadow")
+    shadow = {
+        fields[0]: fields
+        for fields in (
+            line.split(":") for line in Path(shadow_path).read_text(encoding="utf-8").splitlines()
+        )
+        if len(fields) >= 5
+    }
+    low, high = int(args.get("uid_min", 1000)), int(args.get("uid_max", 60000))
+    exempt = set(args.get("exempt") or [])
+    problems, aged = [], []
+    for line in Path(args.get("passwd", "/etc/passwd")).read_text(encoding="utf-8").splitlines():
+        fields = line.split(":")
+        if len(fields) < 7 or not fields[2].isdigit() or not low <= int(fields[2]) <= high:
+            continue
+        name = fields[0]
+        entry = shadow.get(name)
+        if name in exempt or entry is None or not entry[1].startswith("$"):
+            continue
+        max_days = entry[4]
+        if not max_days.isdigit() or int(max_days) > int(args["max_days"]):
+            problems.append(
+                f"{name}'s password never expires within {args['max_days']} days "
+                f"(max {max_days or 'unset'})"
+            )
+        else:
+            aged.append(f"{name} ({max_days} days)")
+    if problems:
+        return FAIL, "; ".join(problems)
+    return PASS, (
+        f"human accounts with a password aged: {', '.join(aged)}"
+        if aged
+        else "no human account with a usable password"
+    )
+
+
 CHECKS = {
     "file": check_file,
     "unit": check_unit,
@@ -537,6 +658,9 @@ CHECKS = {
     "user": check_user,
     "file_regex": check_file_regex,
     "command": check_command,
+    "sshd": check_sshd,
+    "auditd": check_auditd,
+    "password_ageing": check_password_ageing,
 }
 
 

@@ -87,7 +87,7 @@ def check_waivers(waivers: list[dict], ids: set[str]) -> list[str]:
     for number, waiver in enumerate(waivers, start=1):
         where = f"waiver {number} ({waiver.get('id', 'no id')})"
         if waiver.get("id") not in ids:
-            errors.append(f"{where}: id must be one of PDSNO-01 .. PDSNO-24")
+            errors.append(f"{where}: id must be one of {min(ids)} .. {max(ids)}")
         if not str(waiver.get("reason", "")).strip():
             errors.append(f"{where}: reason is empty")
         try:
