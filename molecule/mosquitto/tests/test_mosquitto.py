@@ -486,3 +486,13 @@ def test_the_check_refuses_a_bad_configuration_and_accepts_the_real_one(
     assert complaint in bad.stderr.lower(), bad.stderr
     assert good.rc == 0, good.stderr
     assert broker.run("systemctl show --property=MainPID --value mosquitto").stdout.strip() == pid
+
+
+def test_the_check_works_from_a_login_with_a_private_tmpdir(broker):
+    # libpam-tmpdir (roles/host_hardening) gives each login a TMPDIR that only
+    # its owner can enter; the check's broker runs as mosquitto all the same.
+    target = "/etc/mosquitto/conf.d/20-pdsno-listeners.conf"
+    broker.run("mkdir -p -m 0700 /tmp/private-root-tmpdir")
+    result = broker.run(f"TMPDIR=/tmp/private-root-tmpdir pdsno-mosquitto check-conf {target} {target}")
+    broker.run("rm -rf /tmp/private-root-tmpdir")
+    assert result.rc == 0, result.stderr

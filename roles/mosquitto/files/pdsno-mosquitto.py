@@ -48,6 +48,7 @@ MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"  # noqa: S105 (a program, not a p
 MAIN_CONF = Path("/etc/mosquitto/mosquitto.conf")
 BROKER_USER = "mosquitto"
 START_TIMEOUT = 15.0
+SHARED_TMP = "/tmp"  # noqa: S108 (a private mkdtemp directory under it, mode 0700, owned by the broker)
 # Settings of the real configuration that the check replaces: its pid file
 # and persistence go to the check's own directory, its listeners to free
 # ports of 127.0.0.1, and it logs to stderr (FOOTER). Everything else is
@@ -201,7 +202,9 @@ def standalone(setting: str, candidate: Path, workdir: Path) -> tuple[str, list[
 
 
 def broker_workdir() -> Path:
-    workdir = Path(tempfile.mkdtemp(prefix="pdsno-mosquitto-check-"))
+    # Not under $TMPDIR: with libpam-tmpdir (roles/host_hardening) that is
+    # /tmp/user/0, private to root, and the broker's user could not enter it.
+    workdir = Path(tempfile.mkdtemp(prefix="pdsno-mosquitto-check-", dir=SHARED_TMP))
     give_to_broker(workdir, 0o700)
     return workdir
 
