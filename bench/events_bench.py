@@ -9,7 +9,8 @@ interleaved, the median of --rounds:
   raw paho   N QoS 1 publishes over TLS, timed until the last PUBACK
   outbox     N events enqueued with pdsno.events.outbox.enqueue, one
              transaction each, while an OutboxPublisher delivers them;
-             timed until the last is marked sent (on its PUBACK)
+             timed until the last is marked sent (on its PUBACK); and
+             the enqueue loop's own rate (the producer, one commit each)
   drain      N events committed in one transaction, timed from the commit
              until the last is marked sent: the publisher alone
 
@@ -134,8 +135,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def outbox_run(
     engine: Engine, publisher: OutboxPublisher, signer: SigningKey, count: int, sender: str
-) -> tuple[float, list[str]]:
-    """Events a second, enqueue of the first to PUBACK of the last; and their IDs."""
+) -> tuple[float, float, list[str]]:
+    """Events a second, enqueue of the first to PUBACK of the last; enqueues a second
+    (the producer alone: its commits); and their IDs."""
     before = publisher.published
     produced = []
     started = time.perf_counter()
@@ -151,13 +153,14 @@ def outbox_run(
                     signer=signer,
                 )
             )
+    enqueued = time.perf_counter()
     wait_until(lambda: publisher.published - before >= count, 600, "every event is sent")
-    return count / (time.perf_counter() - started), produced
+    return count / (time.perf_counter() - started), count / (enqueued - started), produced
 
 
 def drain_run(
     engine: Engine, publisher: OutboxPublisher, signer: SigningKey, count: int, sender: str
-) -> tuple[float, list[str]]:
+) -> tuple[float, float, list[str]]:
     """Events a second of the publisher alone: N events committed at once, to the last PUBACK."""
     before = publisher.published
     produced = []
@@ -176,7 +179,7 @@ def drain_run(
         # The clock starts at the commit: from then on the rows are visible.
     started = time.perf_counter()
     wait_until(lambda: publisher.published - before >= count, 600, "every event is sent")
-    return count / (time.perf_counter() - started), produced
+    return count / (time.perf_counter() - started), 0.0, produced
 
 
 def single_event_latency(
@@ -225,6 +228,7 @@ class Setup:
         self.raw_rates: list[float] = []
         self.outbox_rates: list[float] = []
         self.drain_rates: list[float] = []
+        self.enqueue_rates: list[float] = []
         self.latencies: list[float] = []
         self.lost = 0
         self.duplicated = 0
@@ -241,8 +245,12 @@ class Setup:
             return
         self.subscriber.reset()
         run = outbox_run if row == "outbox" else drain_run
-        rate, produced = run(self.engine, self.publisher, signer, count, self.sender)
-        (self.outbox_rates if row == "outbox" else self.drain_rates).append(rate)
+        rate, enqueue_rate, produced = run(self.engine, self.publisher, signer, count, self.sender)
+        if row == "outbox":
+            self.outbox_rates.append(rate)
+            self.enqueue_rates.append(enqueue_rate)
+        else:
+            self.drain_rates.append(rate)
         time.sleep(1)  # deliveries to the subscriber trail the PUBACKs
         counts = self.subscriber.counts
         self.lost += sum(1 for event_id in produced if counts[event_id] == 0)
@@ -257,6 +265,8 @@ class Setup:
             "outbox_rates": self.outbox_rates,
             "raw": statistics.median(self.raw_rates),
             "outbox": statistics.median(self.outbox_rates),
+            "enqueue_rates": self.enqueue_rates,
+            "enqueue": statistics.median(self.enqueue_rates),
             "drain_rates": self.drain_rates,
             "drain": statistics.median(self.drain_rates),
             "lost": self.lost,
@@ -311,6 +321,8 @@ def report(args: argparse.Namespace, all_results: list[dict[str, Any]]) -> None:
         print(f"raw paho    {results['raw']:>8.0f} msg/s     runs {rates}")
         rates = ", ".join(f"{rate:.0f}" for rate in results["outbox_rates"])
         print(f"outbox      {results['outbox']:>8.0f} events/s  runs {rates}")
+        rates = ", ".join(f"{rate:.0f}" for rate in results["enqueue_rates"])
+        print(f"  enqueue   {results['enqueue']:>8.0f} events/s  runs {rates} (its producer alone)")
         rates = ", ".join(f"{rate:.0f}" for rate in results["drain_rates"])
         print(f"drain       {results['drain']:>8.0f} events/s  runs {rates}")
         print(
