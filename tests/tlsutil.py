@@ -200,11 +200,15 @@ def peer_serial(sock: ssl.SSLSocket) -> int:
 
 
 class TlsMosquitto:
-    """A private Mosquitto whose only listener is TLS and requires a client certificate."""
+    """A private Mosquitto whose only listener is TLS and requires a client certificate.
+
+    set_tcp_nodelay is on, as roles/mosquitto sets it (mosquitto_tcp_nodelay);
+    tcp_nodelay=False gives Mosquitto's default, for the events bench.
+    """
 
     host = "127.0.0.1"
 
-    def __init__(self, ca: CertificateAuthority) -> None:
+    def __init__(self, ca: CertificateAuthority, *, tcp_nodelay: bool = True) -> None:
         require_binary(MOSQUITTO, "Mosquitto (package mosquitto)")
         self._owner = ServiceUser.for_service("mosquitto")
         self.base = private_directory("pdsno-mqtt-tls-", self._owner)
@@ -224,6 +228,7 @@ class TlsMosquitto:
             "require_certificate true\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            f"set_tcp_nodelay {'true' if tcp_nodelay else 'false'}\n"
             f"log_dest file {self._log}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
         )

@@ -129,6 +129,19 @@ def test_packaged_configuration_is_untouched(broker):
     assert broker.run("md5sum /etc/mosquitto/mosquitto.conf").stdout.split()[0] == md5
 
 
+def test_puback_is_not_held_by_nagle(broker):
+    """set_tcp_nodelay is on: the last value Mosquitto reads (its conf.d in order) wins."""
+    dropins = broker.run("ls -1 /etc/mosquitto/conf.d/*.conf").stdout.split()
+    files = ["/etc/mosquitto/mosquitto.conf", *sorted(dropins)]
+    values = [
+        line.split()[1]
+        for path in files
+        for line in broker.file(path).content_string.splitlines()
+        if line.split()[:1] == ["set_tcp_nodelay"]
+    ]
+    assert values and values[-1] == "true", values
+
+
 def test_broker_logs_to_the_journal_not_to_its_file(broker):
     since = broker.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     assert broker.run(pub(tls("127.0.0.1"), "pdsno/v1/global/log", "x")).rc == 0
