@@ -505,7 +505,7 @@ def test_the_check_works_from_a_login_with_a_private_tmpdir(broker):
     # libpam-tmpdir (roles/host_hardening) gives each login a TMPDIR that only
     # its owner can enter; the check's broker runs as mosquitto all the same.
     target = "/etc/mosquitto/conf.d/20-pdsno-listeners.conf"
-    broker.run("mkdir -p -m 0700 /tmp/private-root-tmpdir")
-    result = broker.run(f"TMPDIR=/tmp/private-root-tmpdir pdsno-mosquitto check-conf {target} {target}")
-    broker.run("rm -rf /tmp/private-root-tmpdir")
+    private = broker.run("mktemp -d").stdout.strip()  # mode 0700, root's
+    result = broker.run(f"TMPDIR={private} pdsno-mosquitto check-conf {target} {target}")
+    broker.run(f"rm -rf {private}")
     assert result.rc == 0, result.stderr
