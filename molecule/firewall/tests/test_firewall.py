@@ -150,3 +150,11 @@ def test_bad_input_fails_and_leaves_the_running_ruleset(fw, record, where):
     assert where in outcome["task"] or where in outcome["msg"], outcome
     assert outcome["ruleset_unchanged"], outcome
     assert "bad_" not in fw.file(RULESET).content_string
+
+
+def test_a_rule_added_by_hand_is_gone_after_the_next_run(fw):
+    # The side effect opened 31337 in the running table, then ran the role.
+    assert json.loads(fw.file(f"{RECORDS}/hand_made_rule.json").content_string) == {
+        "rule_left": False
+    }
+    assert "31337" not in fw.run("nft list table inet pdsno").stdout
