@@ -349,20 +349,24 @@ class Probe:
         finally:
             conn.close()
 
+    def post_login(self, body: object):
+        """POST body to the login route, waiting out its 429s (Retry-After, at
+        most 10 s, LOGIN_ATTEMPTS times)."""
+        for _ in range(LOGIN_ATTEMPTS):
+            response, answer = self.api("POST", "/api/v1/auth/login", body)
+            if response.status != 429:
+                break
+            time.sleep(min(float(response.getheader("Retry-After") or 5), 10))
+        return response, answer
+
     def login(self, username: str, password: str) -> tuple[int, dict, dict]:
         """Log in as the API's rate limit allows.
 
         The login class allows a burst of 5 and then one per 5 s per address,
-        and one verify run logs in about 13 times per controller: on 429 the
-        probe waits as Retry-After says (at most 10 s, LOGIN_ATTEMPTS times).
+        and one verify run logs in about 13 times per controller: post_login
+        waits out the 429s.
         """
-        for _ in range(LOGIN_ATTEMPTS):
-            response, body = self.api(
-                "POST", "/api/v1/auth/login", {"username": username, "password": password}
-            )
-            if response.status != 429:
-                break
-            time.sleep(min(float(response.getheader("Retry-After") or 5), 10))
+        response, body = self.post_login({"username": username, "password": password})
         try:
             data = json.loads(body or b"{}")
         except ValueError:
@@ -530,10 +534,7 @@ class Probe:
             ("an oversized field", {"username": "u" * 4096, "password": "x"}),
         ]
         for label, body in cases:
-            response, _ = self.api("POST", "/api/v1/auth/login", body)
-            if response.status == 429:
-                time.sleep(min(float(response.getheader("Retry-After") or 5), 10))
-                response, _ = self.api("POST", "/api/v1/auth/login", body)
+            response, _ = self.post_login(body)
             if not 400 <= response.status < 500:
                 problems.append(f"{label}: {response.status}")
         if problems:
