@@ -26,6 +26,18 @@ def test_hit_within_ttl_then_reload_after_it():
     assert (cache.hits, cache.misses) == (1, 2)
 
 
+def test_peek_answers_live_entries_only_and_never_loads():
+    clock = Clock()
+    cache: TTLCache[str | None] = TTLCache(ttl_seconds=2, clock=clock)
+    assert cache.peek("a") == (False, None)
+    cache.get_or_load("a", lambda: None)  # a cached None (a resource of no region)
+    assert cache.peek("a") == (True, None)
+    clock.now = 2.1
+    assert cache.peek("a") == (False, None)
+    # A hit counts; a miss does not: the load that follows it counts it.
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
 def test_invalidate_forces_a_reload():
     cache: TTLCache[str] = TTLCache(ttl_seconds=60)
     assert cache.get_or_load("a", lambda: "old") == "old"

@@ -8,20 +8,21 @@ audit test (tests/test_route_permissions.py) fails for a route without one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Column, Table, select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from pdsno.api.middleware.ratelimit import charge_verified_identity, identity_key
 from pdsno.auth import api_keys, sessions
 from pdsno.auth.principal import Principal
 from pdsno.clock import utcnow
 from pdsno.context import ControllerContext
-from pdsno.errors import AuthenticationError, PermissionDeniedError
+from pdsno.errors import AuthenticationError, PdsnoError, PermissionDeniedError
 from pdsno.nib.cache import TTLCache
 from pdsno.nib.schema import config_proposals, controllers, devices, users
 from pdsno.security.keys import sha256_hex
@@ -55,6 +56,8 @@ REGION_RULES = ("request", "controller", "own")
 # Entries of each of the credential and region caches (LRU beyond it).
 CACHED_ENTRIES = 10_000
 
+V = TypeVar("V")
+
 
 # Every dependency here is `async def`: FastAPI runs a sync one in the thread
 # pool, a hop (two loop wake-ups and a worker's lock) for work that does no
@@ -67,6 +70,49 @@ async def context(request: Request) -> ControllerContext:
 
 
 Context = Annotated[ControllerContext, Depends(context)]
+
+
+class NotCachedError(Exception):
+    """A resolution from the caches alone (resolve_cached) met a miss."""
+
+
+# Set in the scope of a request that resolve_cached() resolves: the
+# dependencies answer from their caches alone, and a miss raises NotCachedError.
+CACHED_ONLY = "pdsno.cached_only"
+
+
+async def _cached(
+    request: Request, cache: TTLCache[V] | None, key: str, load: Callable[[], V]
+) -> V:
+    """`key` of `cache`, loaded by `load` (in the thread pool) on a miss; in a
+    resolution from the caches alone, a miss (or no cache) raises NotCachedError."""
+    if request.scope.get(CACHED_ONLY):
+        found, value = cache.peek(key) if cache is not None else (False, None)
+        if not found:
+            raise NotCachedError(key)
+        return value  # type: ignore[return-value]
+    if cache is None:
+        return await run_in_threadpool(load)
+    return await cache.get_or_load_async(key, load)
+
+
+async def resolve_cached(scope: Scope, check: Callable[..., Awaitable[Principal]]) -> bool:
+    """Whether FastAPI would let this request through `check` (a require()
+    dependency) and every dependency below it, answered from their caches
+    alone: False on a miss and on a refusal, which the route then meets
+    itself (pdsno.api.fast_device_read). These are the dependencies
+    themselves, called in FastAPI's order; `scope` holds the route's
+    path_params. The identity bucket pays once either way (identity_wait)."""
+    request = Request({**scope, CACHED_ONLY: True})
+    ctx = await context(request)
+    try:
+        principal = await authenticate(
+            request, await API_KEY_HEADER(request), await BEARER(request), ctx
+        )
+        await check(request, principal, ctx)
+    except (NotCachedError, HTTPException, PdsnoError):
+        return False
+    return True
 
 
 def _unauthenticated(detail: str) -> HTTPException:
@@ -102,11 +148,9 @@ async def authenticate(
             return api_keys.authenticate(conn, credential)
 
     try:
-        cache = _auth_cache(ctx)
-        if cache is None:
-            principal = await run_in_threadpool(verify)
-        else:
-            principal = await cache.get_or_load_async(sha256_hex(credential.encode()), verify)
+        principal = await _cached(
+            request, _auth_cache(ctx), sha256_hex(credential.encode()), verify
+        )
     except AuthenticationError as error:
         raise _unauthenticated(str(error)) from None
     if principal.expires_at is not None and principal.expires_at <= utcnow():
@@ -206,10 +250,7 @@ async def _check_request_region(
             return row.region
 
         try:
-            if cache is None:
-                resource_region = await run_in_threadpool(read_region)
-            else:
-                resource_region = await cache.get_or_load_async(f"{name}={value}", read_region)
+            resource_region = await _cached(request, cache, f"{name}={value}", read_region)
         except _NoSuchResourceError:
             continue  # a missing resource is the handler's 404
         # One of no region is refused.

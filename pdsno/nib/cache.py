@@ -95,18 +95,33 @@ class TTLCache(Generic[V]):
             if self._loading.get(key, (None, None, None))[2] is future:
                 del self._loading[key]
 
+    def peek(self, key: str) -> tuple[bool, V | None]:
+        """(hit, value) without loading: for a caller that answers only from
+        the cache (pdsno.api.fast_device_read) and hands a miss to one that
+        loads. A hit is counted, a miss is not: the load that follows counts it."""
+        with self._lock:
+            entry = self._hit(key, self._clock())
+        return (False, None) if entry is None else (True, entry[1])
+
     def _lookup(self, key: str) -> tuple[bool, V | None, tuple[float, int]]:
         """(hit, value, since): a miss loads `since` (the time and generation
         of this lookup), which _store() needs."""
         now = self._clock()
         with self._lock:  # held for a dict lookup only: no I/O under it
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] > now:
-                self._entries.move_to_end(key)
-                self.hits += 1
+            entry = self._hit(key, now)
+            if entry is not None:
                 return True, entry[1], (now, self._generation)
             self.misses += 1
             return False, None, (now, self._generation)
+
+    def _hit(self, key: str, now: float) -> tuple[float, V] | None:
+        """The live entry of `key`, counted as a hit; None if absent or expired. Under the lock."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
 
     def _store(self, key: str, value: V, since: tuple[float, int]) -> None:
         # The entry lives from the lookup, before the load read the NIB: what

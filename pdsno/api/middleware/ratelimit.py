@@ -38,6 +38,8 @@ from pdsno.observability.metrics import Metrics
 LOGIN_PATH = "/api/v1/auth/login"
 # Where the middleware leaves the identity limiter for authenticate() (scope["state"]).
 IDENTITY_LIMITER = "pdsno_identity_limiter"
+# Where a request's identity charge is recorded (scope["state"]): (key, wait).
+IDENTITY_CHARGED = "pdsno_identity_charged"
 
 
 class TokenBucketLimiter:
@@ -124,10 +126,7 @@ def charge_verified_identity(request: Request, key: str) -> None:
     Called by authenticate() after the credential checked out, so only its
     holder spends it. Does nothing when the rate limiter is off.
     """
-    charge = request.scope.get("state", {}).get(IDENTITY_LIMITER)
-    if charge is None:
-        return
-    wait = charge(key)
+    wait = identity_wait(request.scope, key)
     if wait:
         seconds = retry_after(wait)
         raise HTTPException(
@@ -135,6 +134,27 @@ def charge_verified_identity(request: Request, key: str) -> None:
             detail=f"too many requests: retry after {seconds} s",
             headers={"Retry-After": str(seconds)},
         )
+
+
+def identity_wait(scope: Scope, key: str) -> float:
+    """Charge the identity bucket `key` once per request: 0.0 when allowed, else
+    the seconds until a token is there; 0.0 when the rate limiter is off.
+
+    Once: the fast path (pdsno.api.fast_device_read) runs authenticate() and
+    may then hand the request to its route, whose authenticate() runs again;
+    that second call gets the first one's answer (a refusal included, so the
+    route answers the 429), and the bucket and the metric pay once.
+    """
+    state = scope.get("state", {})
+    charge = state.get(IDENTITY_LIMITER)
+    if charge is None:
+        return 0.0
+    charged = state.get(IDENTITY_CHARGED)
+    if charged is not None and charged[0] == key:
+        return charged[1]
+    wait = charge(key)
+    state[IDENTITY_CHARGED] = (key, wait)
+    return wait
 
 
 def retry_after(wait: float) -> int:
