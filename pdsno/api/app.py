@@ -18,6 +18,7 @@ from starlette.routing import compile_path
 
 from pdsno import __version__
 from pdsno.api import middleware, routes
+from pdsno.api.fast_device_read import FastDeviceReadMiddleware
 from pdsno.api.models import ErrorOut, ValidationErrorOut
 from pdsno.api.strict_input import StrictInputMiddleware
 from pdsno.context import ControllerContext
@@ -91,7 +92,10 @@ def create_app(
     for router in _routers(surface):
         api.include_router(router)
     app.include_router(api)
-    # Innermost: install() wraps it in the limits, so bodies it reads are bounded.
+    if surface == "api":
+        # Innermost, so that every layer of the stack sees its answers as the route's.
+        app.add_middleware(FastDeviceReadMiddleware)
+    # Inside the limits (install() wraps it), so bodies it reads are bounded.
     app.add_middleware(StrictInputMiddleware)
     middleware.install(app, ctx, surface=surface)
 
