@@ -32,7 +32,8 @@ PREFIX = "/api/v1/devices/"
 
 
 def device_id_of(scope: Scope) -> str | None:
-    """The device_id of a GET the device read route would get, else None.
+    """The device_id of a GET the device read route would get, else None
+    (the route serves no HEAD: FastAPI answers it 405).
 
     Starlette matches its `{device_id}` (one path segment, at least one
     character) against the path as decoded, without the root path: a request

@@ -21,8 +21,12 @@ install() wraps an app in this order, outermost first:
    read), before anything spends memory or a slot on the request.
 5. BodySizeLimitMiddleware: a declared oversized body is refused before it
    takes a concurrency slot; a chunked one is counted as the app reads it.
-6. ConcurrencyLimitMiddleware: innermost, so that it counts only requests
-   the app actually works on; refusals above never hold a slot.
+6. ConcurrencyLimitMiddleware: innermost of these, so that it counts only
+   requests the app actually works on; refusals above never hold a slot.
+
+Inside them pdsno.api.app adds StrictInputMiddleware and, on the operator
+API, the fast path of the cached device read (pdsno.api.fast_device_read),
+innermost: every layer above sees its answers as the route's.
 
 Starlette's ServerErrorMiddleware stays outside this stack and its
 ExceptionMiddleware inside, where add_middleware() places them.
