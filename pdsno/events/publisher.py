@@ -80,6 +80,9 @@ class OutboxPublisher:
         self._unrecorded = 0  # PUBACKs in and not yet marked sent
         self._acked: list[int] = []  # acknowledged, not yet marked sent
         self._connection: Connection | None = None
+        # Set by a commit, notify(), a connect or the poll; cleared by a read
+        # that found fewer rows than it asked for: no empty read per PUBACK.
+        self._rows_waiting = True
         self._published = 0
         self._failed_attempts = 0
         self._client = self._make_client(ssl_context)
@@ -102,6 +105,7 @@ class OutboxPublisher:
 
     def notify(self) -> None:
         """Wake the publisher: an outbox row was just committed."""
+        self._rows_waiting = True
         self._wake.set()
 
     def start(self) -> None:
@@ -145,6 +149,7 @@ class OutboxPublisher:
         # costs one empty read). Also called for a connection that failed, without info.
         info = getattr(record, "info", None)
         if info is not None and info.pop(WRITTEN_MARK, False):
+            self._rows_waiting = True
             self._wake.set()
 
     # --- paho ---------------------------------------------------------------
@@ -177,6 +182,7 @@ class OutboxPublisher:
             return
         log.info("Connected to the MQTT broker at %s:%s", self._settings.host, self._settings.port)
         self._connected.set()
+        self._rows_waiting = True
         self._wake.set()
 
     def _on_disconnect(
@@ -211,8 +217,8 @@ class OutboxPublisher:
                     log.exception("Publishing the outbox failed; retrying")
                     self._drop_connection()
                     busy = False
-                if not busy:
-                    self._wake.wait(self._wait_seconds())
+                if not busy and not self._wake.wait(self._wait_seconds()):
+                    self._rows_waiting = True  # the poll: rows of other processes
         finally:
             self._drop_connection()
 
@@ -249,9 +255,16 @@ class OutboxPublisher:
     def _refill(self, outstanding: int) -> int:
         """Hand paho the next rows if the window has room for a batch; how many."""
         room = self._window - outstanding
-        if not self._connected.is_set() or room < min(self._batch_size, self._window):
+        if not self._rows_waiting or not self._connected.is_set():
             return 0
-        rows = self._pending_rows(min(room, self._batch_size))
+        if room < min(self._batch_size, self._window):
+            return 0
+        limit = min(room, self._batch_size)
+        # Cleared before the read: a commit during it sets it again.
+        self._rows_waiting = False
+        rows = self._pending_rows(limit)
+        if len(rows) == limit:
+            self._rows_waiting = True  # probably more
         return self._publish(rows)
 
     def _pending_rows(self, limit: int) -> Sequence[Any]:
