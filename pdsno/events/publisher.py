@@ -35,7 +35,9 @@ class OutboxPublisher:
     A connection of this engine that wrote an outbox row wakes it when it
     returns to the pool (after its commit: the row is visible by then), so a
     lone event goes out at once; notify() does the same by hand. Rows written
-    by other processes are found by polling.
+    by other processes are found by polling. Publishing is pipelined (see
+    "the publishing loop" below): the next batch goes to paho while the
+    previous one's PUBACKs are on their way.
     """
 
     def __init__(
@@ -220,7 +222,15 @@ class OutboxPublisher:
                 if not busy and not self._wake.wait(self._wait_seconds()):
                     self._rows_waiting = True  # the poll: rows of other processes
         finally:
+            self._record_last_acks()
             self._drop_connection()
+
+    def _record_last_acks(self) -> None:
+        """On the way out: mark sent what the broker acknowledged (else it goes out again)."""
+        try:
+            self._record(self._collect_acks(), [])
+        except Exception:
+            log.warning("Could not mark the last acknowledged outbox rows sent", exc_info=True)
 
     def _step(self) -> bool:
         """One pass; True when it made progress and should run again at once."""
