@@ -47,6 +47,12 @@ class MqttSettings(Section):
     reconnect_min_seconds: float = Field(default=0.5, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    # QoS 1 messages the publisher's paho client keeps on the wire without
+    # their PUBACK (paho's default is 20); the outbox publisher hands paho
+    # max(this, 2 x its batch) rows before it waits for PUBACKs. Not the
+    # broker's mosquitto_max_inflight_messages, which bounds what Mosquitto
+    # sends each subscriber (docs/performance.md, "Events").
+    max_inflight_messages: int = Field(default=100, ge=1, le=65535)
 
 
 class ApprovalSettings(Section):

@@ -12,6 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from pydantic import ValidationError
 from services import MosquittoBroker, free_port
 from sqlalchemy import Engine, select
 
@@ -387,3 +388,103 @@ def test_a_committed_event_wakes_the_publisher_without_notify(
     wait_until(lambda: publisher.connected, "the publisher is connected")
     produced = produce(nib_engine, signer)
     wait_until(lambda: subscriber.received() == set(produced), "the event arrives", timeout=10)
+
+
+class HandCounter:
+    """Counts each outbox row a publisher hands to paho, by event_id (a republish shows)."""
+
+    def __init__(self, publisher: OutboxPublisher) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        client = publisher._client
+        original = client.publish
+
+        def publish(topic: str, payload: str, *args: Any, **kwargs: Any) -> Any:
+            event_id = json.loads(payload)["event_id"]
+            with self._lock:
+                self.counts[event_id] = self.counts.get(event_id, 0) + 1
+            return original(topic, payload, *args, **kwargs)
+
+        client.publish = publish  # type: ignore[method-assign]
+
+    def handed(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+
+def test_the_next_batch_is_handed_to_paho_before_the_pubacks_of_the_previous(
+    nib_engine: Engine,
+    broker: MosquittoBroker,
+    subscriber: Subscriber,
+    signer: SigningKey,
+    make_publisher: Callable[..., OutboxPublisher],
+) -> None:
+    """Stop and wait handed one batch (10 rows) and waited for its 10 PUBACKs before
+    reading the next: with the broker frozen, nothing past the first batch left."""
+    publisher = make_publisher(nib_engine, batch_size=10, publish_timeout=30.0)
+    hands = HandCounter(publisher)
+    publisher.start()
+    wait_until(lambda: publisher.connected, "the publisher is connected")
+    broker.pause()
+    try:
+        produced = produce(nib_engine, signer, count=50)
+        publisher.notify()
+        # Rows are read and handed while no PUBACK can arrive: more than one batch.
+        wait_until(lambda: hands.handed() == 50, "every row is handed to paho", timeout=10)
+        assert publisher.published == 0
+        assert all(row.sent_at is None for row in outbox_rows(nib_engine))
+    finally:
+        broker.resume()
+    wait_until(lambda: all_sent(nib_engine), "every row is marked sent")
+    wait_until(lambda: subscriber.received() == set(produced), "the subscriber has the events")
+    assert subscriber.order == produced
+    assert publisher.published == 50
+    assert set(hands.counts.values()) == {1}, "a row was handed to paho twice"
+
+
+def test_nothing_is_lost_or_republished_across_a_broker_restart_with_batches_in_flight(
+    nib_engine: Engine,
+    broker: MosquittoBroker,
+    subscriber: Subscriber,
+    signer: SigningKey,
+    make_publisher: Callable[..., OutboxPublisher],
+) -> None:
+    publisher = make_publisher(nib_engine, batch_size=20)
+    hands = HandCounter(publisher)
+    publisher.start()
+    wait_until(lambda: publisher.connected, "the publisher is connected")
+
+    produced: list[str] = []
+    for index in range(40):
+        if index == 15:
+            broker.stop()  # with rows of several batches handed and not acknowledged
+        if index == 25:
+            broker.start()
+        produced += produce(nib_engine, signer, count=25)
+        time.sleep(0.02)
+
+    wait_until(lambda: all_sent(nib_engine), "every outbox row is marked sent")
+    wait_until(lambda: subscriber.received() == set(produced), "the subscriber has every event")
+    assert publisher.published == len(produced) == 1000
+    # paho resends what it held across the reconnect; the publisher never hands a row again.
+    assert len(hands.counts) == len(produced)
+    assert set(hands.counts.values()) == {1}, "a row was handed to paho twice"
+
+
+def test_max_inflight_messages_is_validated() -> None:
+    assert MqttSettings().max_inflight_messages == 100
+    assert MqttSettings(max_inflight_messages=500).max_inflight_messages == 500
+    for bad in (0, -1, 70000, "many"):
+        with pytest.raises(ValidationError) as raised:
+            MqttSettings(max_inflight_messages=bad)
+        assert raised.value.errors()[0]["loc"] == ("max_inflight_messages",)
+        assert "max_inflight_messages" in str(raised.value)
+
+
+def test_paho_gets_the_configured_in_flight_window(
+    nib_engine: Engine, make_publisher: Callable[..., OutboxPublisher]
+) -> None:
+    assert make_publisher(nib_engine)._client._max_inflight_messages == 100
+    settings = MqttSettings(enabled=True, max_inflight_messages=250)
+    publisher = OutboxPublisher(nib_engine, settings, client_id="window-test")
+    assert publisher._client._max_inflight_messages == 250

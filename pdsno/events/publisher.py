@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import Engine, event, select, update
+from sqlalchemy import Connection, Engine, event, select, update
 
 from pdsno.clock import utcnow
 from pdsno.config import MqttSettings
@@ -35,7 +35,9 @@ class OutboxPublisher:
     A connection of this engine that wrote an outbox row wakes it when it
     returns to the pool (after its commit: the row is visible by then), so a
     lone event goes out at once; notify() does the same by hand. Rows written
-    by other processes are found by polling.
+    by other processes are found by polling. Publishing is pipelined (see
+    "the publishing loop" below): the next batch goes to paho while the
+    previous one's PUBACKs are on their way.
     """
 
     def __init__(
@@ -62,9 +64,27 @@ class OutboxPublisher:
         self._lifecycle = threading.Lock()
         self._started = False
         self._thread: threading.Thread | None = None
-        # Rows handed to paho whose PUBACK is not recorded yet. paho keeps
-        # resending them across reconnects, so they are awaited, not republished.
-        self._in_flight: dict[int, mqtt.MQTTMessageInfo] = {}
+        # Rows handed to paho whose PUBACK is not recorded yet (seq: deadline of
+        # the PUBACK), in seq order. paho keeps resending them across reconnects,
+        # so they are awaited, not republished.
+        self._in_flight: dict[int, float] = {}
+        self._seq_by_mid: dict[int, int] = {}
+        self._last_handed = 0
+        self._last_rescan = 0.0
+        # Rows handed to paho at most: paho's in-flight window and a batch more,
+        # so the next batch is read while PUBACKs of the previous are on the way.
+        self._window = max(2 * batch_size, settings.max_inflight_messages)
+        self._ack_batch = max(1, batch_size)
+        # Filled by paho's thread (on_publish), emptied by the publisher's.
+        self._ack_lock = threading.Lock()
+        self._acked_mids: list[int] = []
+        self._handed = 0  # handed to paho and not yet recorded as acknowledged
+        self._unrecorded = 0  # PUBACKs in and not yet marked sent
+        self._acked: list[int] = []  # acknowledged, not yet marked sent
+        self._connection: Connection | None = None
+        # Set by a commit, notify(), a connect or the poll; cleared by a read
+        # that found fewer rows than it asked for: no empty read per PUBACK.
+        self._rows_waiting = True
         self._published = 0
         self._failed_attempts = 0
         self._client = self._make_client(ssl_context)
@@ -87,6 +107,7 @@ class OutboxPublisher:
 
     def notify(self) -> None:
         """Wake the publisher: an outbox row was just committed."""
+        self._rows_waiting = True
         self._wake.set()
 
     def start(self) -> None:
@@ -130,6 +151,7 @@ class OutboxPublisher:
         # costs one empty read). Also called for a connection that failed, without info.
         info = getattr(record, "info", None)
         if info is not None and info.pop(WRITTEN_MARK, False):
+            self._rows_waiting = True
             self._wake.set()
 
     # --- paho ---------------------------------------------------------------
@@ -147,8 +169,11 @@ class OutboxPublisher:
         )
         if ssl_context is not None:
             client.tls_set_context(ssl_context)
+        client.max_inflight_messages_set(self._settings.max_inflight_messages)
+        client.max_queued_messages_set(0)  # unlimited: paho never drops a handed row
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         return client
 
     def _on_connect(
@@ -159,6 +184,7 @@ class OutboxPublisher:
             return
         log.info("Connected to the MQTT broker at %s:%s", self._settings.host, self._settings.port)
         self._connected.set()
+        self._rows_waiting = True
         self._wake.set()
 
     def _on_disconnect(
@@ -171,114 +197,195 @@ class OutboxPublisher:
             )
 
     # --- the publishing loop ------------------------------------------------
+    #
+    # Pipelined: the thread hands paho up to `window` rows (paho keeps
+    # max_inflight_messages of them on the wire and queues the rest), reads and
+    # hands the next batch while the PUBACKs of the previous one are on their
+    # way, and marks rows sent in batches as their PUBACKs arrive (on_publish).
+    # A row handed to paho stays in self._in_flight until its PUBACK: paho
+    # holds it (clean_session=False, an unlimited queue; a message published
+    # while disconnected waits in paho too) and resends it after a reconnect,
+    # so it is never handed again by this publisher.
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            # Cleared before reading the outbox, so a notify() during the pass is not lost.
-            self._wake.clear()
-            try:
-                busy = self._publish_next_batch()
-            except Exception:
-                # The database may be restarting: keep the thread alive and retry.
-                log.exception("Publishing the outbox failed; retrying")
-                busy = False
-            if not busy:
-                self._wake.wait(self._poll_interval)
+        try:
+            while not self._stopping.is_set():
+                # Cleared before the pass, so a wake during the pass is not lost.
+                self._wake.clear()
+                try:
+                    busy = self._step()
+                except Exception:
+                    # The database may be restarting: keep the thread alive and retry.
+                    log.exception("Publishing the outbox failed; retrying")
+                    self._drop_connection()
+                    busy = False
+                if not busy and not self._wake.wait(self._wait_seconds()):
+                    self._rows_waiting = True  # the poll: rows of other processes
+        finally:
+            self._record_last_acks()
+            self._drop_connection()
 
-    def _publish_next_batch(self) -> bool:
+    def _record_last_acks(self) -> None:
+        """On the way out: mark sent what the broker acknowledged (else it goes out again)."""
+        try:
+            self._record(self._collect_acks(), [])
+        except Exception:
+            log.warning("Could not mark the last acknowledged outbox rows sent", exc_info=True)
+
+    def _step(self) -> bool:
         """One pass; True when it made progress and should run again at once."""
-        if not self._connected.is_set():
-            return False
-        rows = self._pending_rows()
-        pending = {row.seq for row in rows}
-        self._in_flight = {s: i for s, i in self._in_flight.items() if s in pending}
-        if not rows:
-            return False
-        # Messages paho still holds from before a reconnect go first: publishing
-        # newer rows now could put them on the wire ahead of older ones.
-        seqs = [row.seq for row in rows if row.seq in self._in_flight] or self._publish(rows)
-        acked, unacked = self._await_pubacks(seqs)
-        if self._stopping.is_set():
-            unacked = []  # interrupted, not failed
-        self._record(acked, unacked)
-        return bool(acked)
+        acked = self._collect_acks()
+        handed = self._refill(len(self._in_flight) - len(acked))
+        # Marked sent a batch at a time, or all at once when nothing else is in flight.
+        if len(acked) < min(self._ack_batch, len(self._in_flight)):
+            acked = []
+        self._record(acked, self._expired())
+        return bool(handed or acked)
 
-    def _pending_rows(self) -> Sequence[Any]:
+    def _on_publish(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    ) -> None:
+        # paho's network thread, once per PUBACK. Wakes the publisher when a
+        # batch worth of PUBACKs is in, or when everything handed is acknowledged.
+        with self._ack_lock:
+            self._acked_mids.append(mid)
+            self._unrecorded += 1
+            if self._unrecorded >= min(self._ack_batch, self._handed):
+                self._wake.set()
+
+    def _collect_acks(self) -> list[int]:
+        with self._ack_lock:
+            mids, self._acked_mids = self._acked_mids, []
+        for mid in mids:
+            seq = self._seq_by_mid.pop(mid, None)
+            if seq is not None:
+                self._acked.append(seq)
+        return list(self._acked)
+
+    def _refill(self, outstanding: int) -> int:
+        """Hand paho the next rows if the window has room for a batch; how many."""
+        room = self._window - outstanding
+        if not self._rows_waiting or not self._connected.is_set():
+            return 0
+        if room < min(self._batch_size, self._window):
+            return 0
+        limit = min(room, self._batch_size)
+        # Cleared before the read: a commit during it sets it again.
+        self._rows_waiting = False
+        rows = self._pending_rows(limit)
+        if len(rows) == limit:
+            self._rows_waiting = True  # probably more
+        return self._publish(rows)
+
+    def _pending_rows(self, limit: int) -> Sequence[Any]:
+        """The next unsent rows: after the last one handed to paho, or, with
+        nothing in flight or once a poll interval, from the oldest unsent row
+        (a transaction that committed late may have a lower seq)."""
+        now = time.monotonic()
+        rescan = not self._in_flight or now - self._last_rescan >= self._poll_interval
         query = (
             select(outbox.c.seq, outbox.c.topic, outbox.c.payload)
             .where(outbox.c.sender_id == self._sender_id)
             .where(outbox.c.sent_at.is_(None))
             .order_by(outbox.c.seq)
-            .limit(self._batch_size)
         )
-        with self._engine.connect() as connection:
-            return connection.execute(query).all()
+        if rescan:
+            self._last_rescan = now
+            query = query.limit(limit + len(self._in_flight))
+        else:
+            query = query.where(outbox.c.seq > self._last_handed).limit(limit)
+        rows = self._execute(query).all()
+        return [row for row in rows if row.seq not in self._in_flight][:limit]
 
-    def _publish(self, rows: Sequence[Any]) -> list[int]:
-        """Hand rows to paho in order; stop at the first one it cannot take."""
-        seqs: list[int] = []
-        for row in rows:
-            payload = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
-            info = self._client.publish(row.topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                # Usually MQTT_ERR_NO_CONN: the connection dropped since the check.
-                # This row and the later ones wait for the reconnect.
-                log.debug(
-                    "Publishing outbox row %s failed: %s", row.seq, mqtt.error_string(info.rc)
-                )
-                self._record([], [row.seq])
-                break
-            self._in_flight[row.seq] = info
-            seqs.append(row.seq)
-        return seqs
-
-    def _await_pubacks(self, seqs: list[int]) -> tuple[list[int], list[int]]:
+    def _publish(self, rows: Sequence[Any]) -> int:
+        """Hand rows to paho in order; stop after the first one it could not send."""
         deadline = time.monotonic() + self._settings.publish_timeout_seconds
-        acked: list[int] = []
-        unacked: list[int] = []
-        for seq in seqs:
-            (acked if self._wait_for_puback(seq, deadline) else unacked).append(seq)
-        return acked, unacked
+        for count, row in enumerate(rows, start=1):
+            payload = json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False)
+            with self._ack_lock:
+                self._handed += 1
+            info = self._client.publish(row.topic, payload, qos=1)
+            # paho keeps the message even when it could not send it now
+            # (MQTT_ERR_NO_CONN: it goes out after the reconnect), so the row is
+            # in flight either way and waits for its PUBACK, not for a republish.
+            self._in_flight[row.seq] = deadline
+            self._seq_by_mid[info.mid] = row.seq
+            self._last_handed = max(self._last_handed, row.seq)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.debug(
+                    "Outbox row %s waits in paho for the reconnect: %s",
+                    row.seq,
+                    mqtt.error_string(info.rc),
+                )
+                return count
+        return len(rows)
 
-    def _wait_for_puback(self, seq: int, deadline: float) -> bool:
-        info = self._in_flight[seq]
-        try:
-            while not info.is_published():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping.is_set():
-                    return False
-                info.wait_for_publish(min(remaining, 0.1))
-        except (RuntimeError, ValueError) as error:
-            # paho gave this message up: publish the row afresh next time.
-            log.warning("The broker did not take outbox row %s: %s", seq, error)
-            del self._in_flight[seq]
-            return False
-        return True
+    def _expired(self) -> list[int]:
+        """Rows in flight past their PUBACK deadline (counted as failed attempts,
+        given another period, never republished)."""
+        now = time.monotonic()
+        if self._stopping.is_set():
+            return []  # interrupted, not failed
+        late = [seq for seq, deadline in self._in_flight.items() if deadline <= now]
+        renewed = now + self._settings.publish_timeout_seconds
+        for seq in late:
+            self._in_flight[seq] = renewed
+        return late
+
+    def _wait_seconds(self) -> float:
+        if not self._in_flight:
+            return self._poll_interval
+        earliest = min(self._in_flight.values())
+        return max(0.0, min(self._poll_interval, earliest - time.monotonic()))
+
+    # --- the NIB: one connection of the publisher's own -----------------------
+
+    def _execute(self, statement: Any) -> Any:
+        if self._connection is None:
+            connection = self._engine.connect()
+            if self._engine.dialect.name == "postgresql":
+                # One round trip a statement: no BEGIN, COMMIT or pool ping around it.
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            self._connection = connection
+        result = self._connection.execute(statement)
+        if self._connection.in_transaction():
+            self._connection.commit()
+        return result
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.invalidate()
+                connection.close()
+            except Exception:
+                log.debug("Closing the publisher's NIB connection failed", exc_info=True)
 
     def _record(self, acked: list[int], unacked: list[int]) -> None:
-        if not acked and not unacked:
-            return
-        with self._engine.begin() as connection:
-            if acked:
-                connection.execute(
-                    update(outbox)
-                    .where(outbox.c.seq.in_(acked), outbox.c.sent_at.is_(None))
-                    .values(sent_at=utcnow())
-                )
-            if unacked:
-                connection.execute(
-                    update(outbox)
-                    .where(outbox.c.seq.in_(unacked))
-                    .values(attempts=outbox.c.attempts + 1)
-                )
-        for seq in acked:
-            self._in_flight.pop(seq, None)
-        self._published += len(acked)
-        self._failed_attempts += len(unacked)
+        if acked:
+            self._execute(
+                update(outbox)
+                .where(outbox.c.seq.in_(acked), outbox.c.sent_at.is_(None))
+                .values(sent_at=utcnow())
+            )
+            # Marked sent: only now may a rescan no longer see them as in flight.
+            for seq in acked:
+                self._in_flight.pop(seq, None)
+            with self._ack_lock:
+                self._handed -= len(acked)
+                self._unrecorded -= len(acked)
+            self._acked = []
+            self._published += len(acked)
         if unacked:
+            self._execute(
+                update(outbox)
+                .where(outbox.c.seq.in_(unacked))
+                .values(attempts=outbox.c.attempts + 1)
+            )
+            self._failed_attempts += len(unacked)
             log.warning(
                 "%d event(s) not acknowledged by the MQTT broker (no connection, or no PUBACK "
-                "within %ss); they stay in the outbox",
+                "within %ss); they stay in the outbox, paho resends them",
                 len(unacked),
                 self._settings.publish_timeout_seconds,
             )
