@@ -85,3 +85,25 @@ def test_bad_restore_time_fails_before_any_change(run_ansible, tmp_path, target_
         json.dumps({"pgbackrest_restore_target_time": target_time}),
     )
     assert_failed_early(result, tmp_path, "restore_nib", "pgbackrest_restore_target_time")
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "expected"),
+    [
+        # Before the check, a host outside the inventory matched no host and
+        # the playbook ended green having restored nothing.
+        ({"restore_nib_host": "nib-02"}, "an inventory host (nib-02)"),
+        ({"restore_nib_switch_controllers": True}, ") needs restore_nib_host"),
+        ({"restore_nib_switch_controllers": "maybe"}, "restore_nib_switch_controllers (true or false"),
+    ],
+)
+def test_bad_restore_target_fails_before_any_change(run_ansible, tmp_path, extra_vars, expected):
+    result = run_ansible(
+        "ansible-playbook",
+        "-i",
+        inventory_with(tmp_path, GOOD),
+        "playbooks/restore_nib.yml",
+        "-e",
+        json.dumps(extra_vars),
+    )
+    assert_failed_early(result, tmp_path, "restore_nib", expected)
