@@ -94,7 +94,7 @@ def test_bad_restore_time_fails_before_any_change(run_ansible, tmp_path, target_
         # the playbook ended green having restored nothing.
         ({"restore_nib_host": "nib-02"}, "an inventory host (nib-02)"),
         ({"restore_nib_switch_controllers": True}, ") needs restore_nib_host"),
-        ({"restore_nib_switch_controllers": "maybe"}, "restore_nib_switch_controllers (true or false"),
+        ({"restore_nib_switch_controllers": "maybe"}, "switch_controllers (true or false"),
     ],
 )
 def test_bad_restore_target_fails_before_any_change(run_ansible, tmp_path, extra_vars, expected):
