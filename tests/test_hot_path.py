@@ -151,13 +151,16 @@ def test_a_miss_after_an_invalidation_does_not_join_a_load_started_before_it():
     """A logout clears the cache while a request reads the session: a request
     that arrives after the logout must read again, not share that read."""
     cache: TTLCache[str] = TTLCache(ttl_seconds=30)
+    # Each load's answer is fixed when it starts, not when it ends: on a busy
+    # machine the second load may finish first.
     answers = iter(["before the logout", "after the logout"])
     started = threading.Event()
 
     def load() -> str:
+        answer = next(answers)
         started.set()
         time.sleep(0.05)
-        return next(answers)
+        return answer
 
     async def scenario() -> tuple[str, str]:
         first = asyncio.ensure_future(cache.get_or_load_async("k", load))
