@@ -104,6 +104,20 @@ class Subscriber:
         with self._lock:
             self.counts.clear()
 
+    def wait_for(self, produced: list[str], quiet_seconds: float = 5.0) -> None:
+        """Deliveries to the subscriber trail the PUBACKs (the broker queues
+        them for it): wait until every produced event arrived, or until none
+        arrived for quiet_seconds (the rest are lost)."""
+        last_seen, last_change = -1, time.monotonic()
+        while time.monotonic() - last_change < quiet_seconds:
+            with self._lock:
+                seen = sum(1 for event_id in produced if self.counts[event_id])
+            if seen == len(produced):
+                return
+            if seen != last_seen:
+                last_seen, last_change = seen, time.monotonic()
+            time.sleep(0.1)
+
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
@@ -251,7 +265,7 @@ class Setup:
             self.enqueue_rates.append(enqueue_rate)
         else:
             self.drain_rates.append(rate)
-        time.sleep(1)  # deliveries to the subscriber trail the PUBACKs
+        self.subscriber.wait_for(produced)
         counts = self.subscriber.counts
         self.lost += sum(1 for event_id in produced if counts[event_id] == 0)
         self.duplicated += sum(max(0, n - 1) for n in counts.values())

@@ -228,6 +228,10 @@ class TlsMosquitto:
             "require_certificate true\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            # As roles/mosquitto deploys it (mosquitto_max_queued_messages):
+            # Mosquitto's default of 1,000 drops QoS 1 messages to a
+            # subscriber that lags further behind.
+            "max_queued_messages 10000\n"
             f"set_tcp_nodelay {'true' if tcp_nodelay else 'false'}\n"
             f"log_dest file {self._log}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
