@@ -364,7 +364,7 @@ class Setup:
     def results(self) -> dict[str, Any]:
         return {
             "setup": self.name,
-            "producers": self.producers,
+            "producer_threads": self.producers,
             **{f"{row}_rates": rates for row, rates in self.rates.items()},
             **{row: statistics.median(rates) for row, rates in self.rates.items()},
             "lost": self.lost,
