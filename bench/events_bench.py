@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from sqlalchemy import Connection as NibConnection
 from sqlalchemy import Engine, delete
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,6 +195,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.001)
 
 
+def bench_event(conn: NibConnection, device_id: str, sender: str, signer: SigningKey) -> str:
+    """One `device.updated` event in the outbox, in `conn`'s transaction; its ID."""
+    return enqueue(
+        conn, "device.updated", {"device_id": device_id},
+        region=REGION, sender_id=sender, signer=signer,
+    )  # fmt: skip
+
+
 def produce(
     engine: Engine, signer: SigningKey, count: int, sender: str, producers: int
 ) -> list[str]:
@@ -204,16 +213,7 @@ def produce(
     def work(worker: int) -> None:
         for index in range(worker, count, producers):
             with engine.begin() as conn:
-                produced[worker].append(
-                    enqueue(
-                        conn,
-                        "device.updated",
-                        {"device_id": f"switch-{index}"},
-                        region=REGION,
-                        sender_id=sender,
-                        signer=signer,
-                    )
-                )
+                produced[worker].append(bench_event(conn, f"switch-{index}", sender, signer))
 
     threads = [threading.Thread(target=work, args=(worker,)) for worker in range(producers)]
     for thread in threads:
@@ -259,16 +259,7 @@ def drain_run(
     produced = []
     with engine.begin() as conn:
         for index in range(count):
-            produced.append(
-                enqueue(
-                    conn,
-                    "device.updated",
-                    {"device_id": f"drain-{index}"},
-                    region=REGION,
-                    sender_id=sender,
-                    signer=signer,
-                )
-            )
+            produced.append(bench_event(conn, f"drain-{index}", sender, signer))
         # The clock starts at the commit: from then on the rows are visible.
     started = time.perf_counter()
     wait_until(lambda: publisher.published - before >= count, 600, "every event is sent")
@@ -283,14 +274,7 @@ def single_event_latency(
     before = publisher.published
     started = time.perf_counter()
     with engine.begin() as conn:
-        enqueue(
-            conn,
-            "device.updated",
-            {"device_id": f"lone-{index}"},
-            region=REGION,
-            sender_id=sender,
-            signer=signer,
-        )
+        bench_event(conn, f"lone-{index}", sender, signer)
     wait_until(lambda: publisher.published > before, 30, "the event is sent")
     return 1000 * (time.perf_counter() - started)
 
@@ -308,7 +292,6 @@ class Setup:
                  producers: int) -> None:  # fmt: skip
         self.name = "nodelay on" if tcp_nodelay else "nodelay off"
         self.producers = producers
-        self.tls_files = tls_files
         context = self.context = client_context(*tls_files)
         self.broker = TlsMosquitto(ca, tcp_nodelay=tcp_nodelay).start()
         # An engine each: a publisher wakes on its own engine's commits only.
